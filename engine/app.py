@@ -1,0 +1,189 @@
+"""The engine as one object: database, downstream pool, worker and scheduler, started and stopped together.
+
+`open_engine` is what `pao serve` and `pao worker` (and tests) enter. The MCP
+layer calls the Engine's methods and nothing below them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from engine import runs as run_service
+from engine import tasks as task_service
+from engine.builtins import BUILTINS
+from engine.downstream import DownstreamPool
+from engine.models import Agent, Run, Task
+from engine.pipeline import BUILTIN_SERVER, Executor
+from engine.registry import Registry, load_registry
+from engine.settings import Settings
+from engine.worker import Worker, worker_name
+from store import agents as agent_store
+from store.database import open_database
+from store.migrate import migrate
+from store.queries import sql
+
+log = logging.getLogger(__name__)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Tools:
+    """The downstream pool seen as a catalog: what servers exist and what their tools take."""
+
+    def __init__(self, registry: Registry, pool: DownstreamPool) -> None:
+        self.registry = registry
+        self.pool = pool
+
+    def server_names(self) -> list[str]:
+        return sorted(self.registry.servers)
+
+    async def tool_schema(self, server: str, tool: str) -> dict[str, Any] | None:
+        return await self.pool.tool_schema(server, tool)
+
+    async def call_tool(
+        self, server: str, tool: str, arguments: dict[str, Any], *, timeout: float | None = None
+    ) -> Any:
+        return await self.pool.call_tool(server, tool, arguments, timeout=timeout)
+
+
+class Engine:
+    """What the MCP tools call. Holds no business rules of the server's."""
+
+    def __init__(self, settings: Settings, db: asyncpg.Pool, tools: Tools, owner: Agent, worker: Worker | None) -> None:
+        self.settings = settings
+        self.db = db
+        self.tools = tools
+        self.owner = owner
+        self.worker = worker
+        self.clock = utcnow
+
+    async def create_task(self, caller: Agent, arguments: dict[str, Any]) -> task_service.CreatedTask:
+        return await task_service.create_task(self.db, self.tools, caller, arguments, clock=self.clock)
+
+    async def get_task(self, task_id: UUID) -> Task:
+        return await task_service.get_task(self.db, task_id)
+
+    async def list_tasks(
+        self, *, status: str | None, schedule_kind: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[Task], str | None]:
+        return await task_service.list_tasks(
+            self.db, status=status, schedule_kind=schedule_kind, limit=limit, cursor=cursor
+        )
+
+    async def run_now(self, caller: Agent, task_id: UUID) -> Run:
+        row = await run_service.run_now(self.db, caller, task_id, clock=self.clock)
+        return run_service.to_run(row)
+
+    async def cancel_run(self, caller: Agent, run_id: UUID) -> Run:
+        return await run_service.cancel_run(self.db, caller, run_id)
+
+    async def get_run(self, run_id: UUID) -> Run:
+        return await run_service.get_run(self.db, run_id)
+
+    async def list_runs(
+        self, *, task_id: UUID | None, status: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[Run], str | None]:
+        return await run_service.list_runs(self.db, task_id=task_id, status=status, limit=limit, cursor=cursor)
+
+    async def downstream_catalog(self, server: str | None) -> dict[str, Any]:
+        """Every tool a pipeline step may use, per server, with schemas; built-ins under `pao`."""
+        servers: list[dict[str, Any]] = []
+        if server in (None, BUILTIN_SERVER):
+            servers.append(
+                {
+                    "name": BUILTIN_SERVER,
+                    "status": "ok",
+                    "tools": [
+                        {
+                            "uses": f"pao.{name}",
+                            "description": b.description,
+                            "input_schema": b.input_schema,
+                            "output_schema": None,
+                        }
+                        for name, b in sorted(BUILTINS.items())
+                    ],
+                }
+            )
+        if server != BUILTIN_SERVER:
+            for name, listing in (await self.tools.pool.list_tools(server)).items():
+                servers.append(
+                    {
+                        "name": name,
+                        "status": "ok" if listing.ok else "error",
+                        "error": None if listing.error is None else str(listing.error),
+                        "tools": [
+                            {
+                                "uses": f"{name}.{t.name}",
+                                "description": t.description,
+                                "input_schema": t.input_schema,
+                                "output_schema": t.output_schema,
+                            }
+                            for t in listing.tools
+                        ],
+                    }
+                )
+        return {"servers": servers}
+
+    async def health(self) -> dict[str, Any]:
+        async with self.db.acquire() as conn:
+            row = dict(await conn.fetchrow(sql("database_health")))
+        return {
+            "database": "ok",
+            "schema_version": row["schema_version"],
+            "queued_due": row["queued_due"],
+            "running": row["running"],
+            "worker": self.worker.name if self.worker else None,
+            "downstream_servers": self.tools.server_names(),
+        }
+
+
+@asynccontextmanager
+async def open_engine(
+    settings: Settings, *, run_worker: bool = True, concurrency: int | None = None
+) -> AsyncIterator[Engine]:
+    """Open the database (embedded when DATABASE_URL is unset), migrate, start the worker; stop all on exit."""
+    async with AsyncExitStack() as stack:
+        db, dsn = await stack.enter_async_context(
+            open_database(settings.database_url, settings.data_dir, max_size=max(10, (concurrency or 0) + 4))
+        )
+        async with db.acquire() as conn:
+            await migrate(conn)
+            owner = Agent.model_validate(await agent_store.ensure_owner(conn))
+        registry = load_registry(settings.mcp_config_path())
+        pool = await stack.enter_async_context(DownstreamPool(registry))
+        tools = Tools(registry, pool)
+        worker: Worker | None = None
+        background: list[asyncio.Task[None]] = []
+        if run_worker:
+            name = worker_name()
+            executor = Executor(db, tools, worker=name)
+            worker = Worker(
+                db,
+                executor,
+                name=name,
+                concurrency=concurrency or settings.worker_concurrency,
+                lease_seconds=settings.lease_seconds,
+                dsn=dsn,
+            )
+            background.append(asyncio.create_task(worker.run(), name="worker"))
+        engine = Engine(settings, db, tools, owner, worker)
+        try:
+            yield engine
+        finally:
+            if worker is not None:
+                await worker.stop()
+            for task in background:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task

@@ -1,0 +1,193 @@
+"""Domain models: what a task, a pipeline, a run and a step are.
+
+These are the shapes the MCP tools accept and return. They live in the engine
+so that it can use them without importing the server.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+ScheduleKind = Literal["cron", "rrule", "once", "event", "condition"]
+BackoffStrategy = Literal["exponential_jitter", "exponential", "linear", "fixed", "none"]
+MisfirePolicy = Literal["skip", "run_once", "catch_up"]
+OverlapPolicy = Literal["skip", "queue", "cancel_previous", "allow"]
+TaskStatus = Literal["active", "paused", "completed", "cancelled"]
+RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "skipped"]
+Trigger = Literal["schedule", "manual", "event", "condition"]
+StepStatus = Literal["running", "succeeded", "failed", "skipped", "cancelled"]
+
+DEFAULT_TIMEZONE = "Europe/Chisinau"
+ACTIVE_RUN_STATUSES = ("queued", "running")
+
+_IDENT = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+
+
+class PipelineStep(BaseModel):
+    """One step: call `<server>.<tool>` with `with` rendered against the run so far."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    id: str = Field(pattern=_IDENT, description="Unique within the pipeline; later steps read ${steps.<id>...}.")
+    uses: str = Field(
+        pattern=r"^[A-Za-z0-9_-]+\.[^.\s][^\s]*$",
+        description="'<server>.<tool>': a server from mcp.json, or 'pao' for built-in steps.",
+    )
+    with_: dict[str, Any] = Field(default_factory=dict, alias="with", description="Tool arguments; templates.")
+    save_as: str | None = Field(
+        default=None,
+        pattern=_IDENT,
+        description="Also bind this step's output as ${<save_as>} for later steps and in the run's outputs.",
+    )
+    timeout_seconds: float | None = Field(default=None, gt=0, le=3600)
+
+    @property
+    def server(self) -> str:
+        return self.uses.split(".", 1)[0]
+
+    @property
+    def tool(self) -> str:
+        return self.uses.split(".", 1)[1]
+
+
+class Payload(BaseModel):
+    """A task's payload: the pipeline its runs execute."""
+
+    model_config = ConfigDict(extra="allow")
+
+    pipeline: list[PipelineStep] = Field(min_length=1, max_length=100)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Payload:
+        seen: set[str] = set()
+        for index, step in enumerate(self.pipeline):
+            for name in (step.id, step.save_as):
+                if name is None:
+                    continue
+                if name in seen and not (name == step.save_as == step.id):
+                    raise ValueError(
+                        f"pipeline[{index}]: name {name!r} is used twice; step ids and save_as names must be unique"
+                    )
+                seen.add(name)
+        return self
+
+
+class TaskSpec(BaseModel):
+    """The fields of `create_task` (the brief's TaskCreateRequest) plus scheduling policies."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: str = Field(min_length=1, max_length=200)
+    description: str = Field(default="", max_length=10_000)
+    schedule_kind: ScheduleKind
+    schedule_expr: str = Field(min_length=1, max_length=2000)
+    timezone: str = DEFAULT_TIMEZONE
+    payload: Payload
+    priority: int = Field(default=5, ge=1, le=9)
+    dedupe_key: str | None = Field(default=None, max_length=500)
+    dedupe_window_seconds: int = Field(default=0, ge=0, le=31_536_000)
+    max_retries: int = Field(default=3, ge=0, le=100)
+    backoff_strategy: BackoffStrategy = "exponential_jitter"
+    backoff_base_seconds: float = Field(default=2.0, ge=0, le=3600)
+    backoff_max_seconds: float = Field(default=300.0, ge=0, le=86_400)
+    concurrency_key: str | None = Field(default=None, max_length=500)
+    misfire_policy: MisfirePolicy = "run_once"
+    misfire_grace_seconds: int = Field(default=3600, ge=0, le=31_536_000)
+    overlap_policy: OverlapPolicy = "skip"
+
+    @field_validator("schedule_expr")
+    @classmethod
+    def _strip(cls, value: str) -> str:
+        return value.strip()
+
+
+class Task(BaseModel):
+    """A stored task as tools return it."""
+
+    id: UUID
+    title: str
+    description: str
+    schedule_kind: ScheduleKind
+    schedule_expr: str
+    timezone: str
+    payload: dict[str, Any]
+    priority: int
+    dedupe_key: str | None
+    dedupe_window_seconds: int
+    max_retries: int
+    backoff_strategy: BackoffStrategy
+    backoff_base_seconds: float
+    backoff_max_seconds: float
+    concurrency_key: str | None
+    misfire_policy: MisfirePolicy
+    misfire_grace_seconds: int
+    overlap_policy: OverlapPolicy
+    status: TaskStatus
+    next_fire_at: datetime | None
+    snoozed_until: datetime | None
+    last_fired_at: datetime | None
+    created_by: UUID
+    created_at: datetime
+    updated_at: datetime
+    next_fires: list[str] = Field(
+        default_factory=list, description="The next few fire instants, ISO 8601 in the task's timezone."
+    )
+
+
+class RunStep(BaseModel):
+    """One attempt of one step, as recorded."""
+
+    step_index: int
+    step_id: str
+    uses: str
+    attempt: int
+    status: StepStatus
+    input: Any = None
+    output: Any = None
+    error: str | None = None
+    started_at: datetime
+    finished_at: datetime | None = None
+    duration_ms: float | None = None
+
+
+class Run(BaseModel):
+    """One execution of a task's pipeline."""
+
+    id: UUID
+    task_id: UUID
+    status: RunStatus
+    trigger: Trigger
+    trigger_data: dict[str, Any]
+    scheduled_for: datetime
+    priority: int
+    concurrency_key: str | None
+    dedupe_key: str | None
+    deduped_of: UUID | None
+    attempt: int
+    max_attempts: int
+    available_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+    reason: str | None
+    outputs: dict[str, Any] | None
+    created_at: datetime
+    steps: list[RunStep] = Field(default_factory=list)
+
+
+class Agent(BaseModel):
+    """An identity that calls the tools."""
+
+    id: UUID
+    name: str
+    scopes: list[str]
+    is_owner: bool
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+    def can(self, scope: str) -> bool:
+        return self.is_owner or "admin" in self.scopes or scope in self.scopes

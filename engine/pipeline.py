@@ -1,0 +1,275 @@
+"""Execute one claimed run: render each step, call its tool, record what happened.
+
+Every step is written to `run_steps` as soon as it ends, so a crash loses at
+most the step in flight. A retry (or a run taken over after a lost lease)
+resumes at the first step that has not succeeded; earlier outputs are reused,
+never recomputed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import asyncpg
+import jsonschema
+
+from engine import templates
+from engine.backoff import backoff_delay
+from engine.builtins import BUILTINS, PublishFn, call_builtin
+from engine.models import Payload, PipelineStep
+from store import runs as run_store
+from store.errors import StepError
+
+log = logging.getLogger(__name__)
+
+BUILTIN_SERVER = "pao"
+
+
+class ToolCaller(Protocol):
+    """What the executor needs from the downstream pool."""
+
+    async def call_tool(
+        self, server: str, tool: str, arguments: dict[str, Any], *, timeout: float | None = None
+    ) -> Any: ...
+
+    async def tool_schema(self, server: str, tool: str) -> dict[str, Any] | None: ...
+
+
+@dataclass
+class RunHandle:
+    """A run this worker holds, and the flag an agent's cancel_run sets."""
+
+    run: dict[str, Any]
+    cancel: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class LeaseLost(Exception):
+    """This worker no longer holds the run (its lease expired and another worker took it)."""
+
+
+def _validate_arguments(uses: str, schema: Mapping[str, Any] | None, arguments: dict[str, Any]) -> None:
+    if not schema:
+        return
+    try:
+        jsonschema.validate(arguments, dict(schema))
+    except jsonschema.ValidationError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path) or "(arguments)"
+        raise StepError(f"{uses}: invalid arguments at {where}: {exc.message}", retryable=False) from exc
+    except jsonschema.SchemaError:
+        # A server publishing a broken schema should not block its own tool; it judges the call.
+        log.debug("%s publishes an invalid input schema; not checking arguments", uses)
+
+
+class Executor:
+    """Runs pipelines for one worker."""
+
+    def __init__(
+        self,
+        db: asyncpg.Pool,
+        tools: ToolCaller,
+        *,
+        worker: str,
+        publish: PublishFn | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self._db = db
+        self._tools = tools
+        self._worker = worker
+        self._publish = publish
+        self._environ = environ
+
+    async def execute(self, handle: RunHandle) -> str:
+        """Run the pipeline of a claimed run and record its outcome; return the final status."""
+        run = handle.run
+        try:
+            return await self._execute(handle)
+        except LeaseLost:
+            log.warning("run %s: lease lost to another worker; abandoning this copy", run["id"])
+            return "lost"
+
+    async def _execute(self, handle: RunHandle) -> str:
+        run = handle.run
+        pipeline = Payload.model_validate(run["task_payload"]).pipeline
+        attempt: int = run["attempt"]
+        async with self._db.acquire() as conn:
+            done = await run_store.previous_outputs(conn, run["id"]) if attempt > 1 or run["reason"] else {}
+        secrets = templates.Secrets(self._environ)
+        outputs_by_step: dict[str, Any] = {}
+        saved: dict[str, Any] = {}
+        for index, step in enumerate(pipeline):
+            if handle.cancel.is_set():
+                await self._finish(run, "cancelled", None, saved, reason="cancelled by cancel_run between steps")
+                return "cancelled"
+            if index in done:
+                output = done[index]
+            else:
+                try:
+                    output = await self._run_step(run, index, step, outputs_by_step, saved, secrets)
+                except StepError as exc:
+                    return await self._fail(run, step, exc, secrets.used_values())
+            outputs_by_step[step.id] = output
+            if step.save_as:
+                saved[step.save_as] = output
+        await self._finish(run, "succeeded", None, templates.redact(saved, secrets.used_values()))
+        return "succeeded"
+
+    async def _run_step(
+        self,
+        run: dict[str, Any],
+        index: int,
+        step: PipelineStep,
+        outputs_by_step: dict[str, Any],
+        saved: dict[str, Any],
+        secrets: templates.Secrets,
+    ) -> Any:
+        started = datetime.now(UTC)
+        t0 = time.perf_counter()
+        arguments: Any = None
+        builtin = step.server == BUILTIN_SERVER
+        row_id: int | None = None
+        try:
+            context = templates.build_context(
+                steps=outputs_by_step,
+                saved=saved,
+                trigger={
+                    "kind": run["trigger"],
+                    "scheduled_for": run["scheduled_for"].isoformat(),
+                    **run["trigger_data"],
+                },
+                task={"id": str(run["task_id"]), "title": run["task_title"]},
+                run={"id": str(run["id"]), "attempt": run["attempt"]},
+                secrets=secrets,
+                now=started,
+            )
+            arguments = templates.render(step.with_, context)
+            if not builtin:
+                # Long calls show as running in get_run while they are in flight.
+                async with self._db.acquire() as conn:
+                    row_id = await run_store.start_step(
+                        conn,
+                        run_id=run["id"],
+                        attempt=run["attempt"],
+                        step_index=index,
+                        step_id=step.id,
+                        uses=step.uses,
+                        input=templates.redact(arguments, secrets.used_values()),
+                        worker=self._worker,
+                    )
+                if row_id is None:
+                    raise LeaseLost
+            output = await self._call(step, arguments)
+        except StepError as exc:
+            await self._record(run, index, step, row_id, "failed", arguments, None, str(exc), started, t0, secrets)
+            raise
+        await self._record(run, index, step, row_id, "succeeded", arguments, output, None, started, t0, secrets)
+        return output
+
+    async def _call(self, step: PipelineStep, arguments: Any) -> Any:
+        if not isinstance(arguments, dict):
+            raise StepError(
+                f"{step.uses}: 'with' must render to an object, got {type(arguments).__name__}",
+                retryable=False,
+            )
+        if step.server == BUILTIN_SERVER:
+            builtin = BUILTINS.get(step.tool)
+            if builtin is None:
+                raise StepError(
+                    f"unknown built-in step {step.uses!r}; built-ins are: "
+                    + ", ".join(f"pao.{name}" for name in sorted(BUILTINS)),
+                    retryable=False,
+                )
+            _validate_arguments(step.uses, builtin.input_schema, arguments)
+            return await call_builtin(step.tool, arguments, publish=self._publish)
+        _validate_arguments(step.uses, await self._tools.tool_schema(step.server, step.tool), arguments)
+        result = await self._tools.call_tool(step.server, step.tool, arguments, timeout=step.timeout_seconds)
+        if result.is_error:
+            # The tool ran and said no. It may be transient (an API behind it is down), so retryable.
+            raise StepError(f"{step.uses} returned an error: {result.text}", retryable=True)
+        return result.value
+
+    async def _record(
+        self,
+        run: dict[str, Any],
+        index: int,
+        step: PipelineStep,
+        row_id: int | None,
+        status: str,
+        arguments: Any,
+        output: Any,
+        error: str | None,
+        started: datetime,
+        t0: float,
+        secrets: templates.Secrets,
+    ) -> None:
+        used = secrets.used_values()
+        duration_ms = (time.perf_counter() - t0) * 1000
+        output = templates.redact(output, used)
+        error = templates.redact(error, used)
+        async with self._db.acquire() as conn:
+            if row_id is not None:
+                await run_store.finish_step(
+                    conn, row_id, status=status, output=output, error=error, duration_ms=duration_ms
+                )
+                return
+            held = await run_store.record_step(
+                conn,
+                run_id=run["id"],
+                attempt=run["attempt"],
+                step_index=index,
+                step_id=step.id,
+                uses=step.uses,
+                status=status,
+                input=templates.redact(arguments, used),
+                output=output,
+                error=error,
+                started_at=started,
+                duration_ms=duration_ms,
+                worker=self._worker,
+            )
+        if not held:
+            raise LeaseLost
+
+    async def _fail(self, run: dict[str, Any], step: PipelineStep, exc: StepError, used: set[str]) -> str:
+        message = templates.redact(f"step {step.id!r} ({step.uses}) failed: {exc}", used)
+        if exc.retryable and run["attempt"] < run["max_attempts"]:
+            delay = backoff_delay(
+                run["backoff_strategy"],
+                run["attempt"],
+                base=run["backoff_base_seconds"],
+                cap=run["backoff_max_seconds"],
+            )
+            reason = f"attempt {run['attempt']} failed; retrying in {delay:.1f}s ({run['backoff_strategy']})"
+            async with self._db.acquire() as conn:
+                if not await run_store.retry(
+                    conn, run["id"], self._worker, error=message, reason=reason, delay_seconds=delay
+                ):
+                    raise LeaseLost
+            return "retrying"
+        if exc.retryable:
+            reason = f"failed after {run['attempt']} attempt(s)"
+        else:
+            reason = "failed without retry: this error cannot succeed on a retry"
+        await self._finish(run, "failed", message, None, reason=reason)
+        return "failed"
+
+    async def _finish(
+        self,
+        run: dict[str, Any],
+        status: str,
+        error: str | None,
+        outputs: dict[str, Any] | None,
+        *,
+        reason: str | None = None,
+    ) -> None:
+        async with self._db.acquire() as conn:
+            held = await run_store.finish(
+                conn, run["id"], self._worker, status=status, error=error, outputs=outputs, reason=reason
+            )
+        if not held:
+            raise LeaseLost

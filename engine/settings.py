@@ -1,0 +1,39 @@
+"""The one settings object, read from the environment once and passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import platformdirs
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("pao", appauthor=False))
+
+
+class Settings(BaseSettings):
+    """Everything configurable; names are the contract in DESIGN.md."""
+
+    model_config = SettingsConfigDict(env_prefix="PAO_", extra="ignore", populate_by_name=True)
+
+    database_url: str | None = Field(default=None, validation_alias=AliasChoices("DATABASE_URL"))
+    redis_url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL"))
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    mcp_config: Path | None = None
+    token: str | None = None
+    lease_seconds: float = Field(default=30.0, gt=0)
+    stream_out: str = "pao:events"
+    stream_in: str = "pao:inbox"
+    worker_concurrency: int = Field(default=16, ge=1)
+    log_level: str = "INFO"
+
+    def mcp_config_path(self) -> Path:
+        """`PAO_MCP_CONFIG`, else `./mcp.json` if present, else `$PAO_DATA_DIR/mcp.json`."""
+        if self.mcp_config is not None:
+            return self.mcp_config
+        local = Path("mcp.json")
+        if local.is_file():
+            return local.resolve()
+        return self.data_dir / "mcp.json"

@@ -1,0 +1,193 @@
+"""Creating tasks and reading them back: validation happens here, before anything is written."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+from uuid import UUID
+
+import asyncpg
+from pydantic import BaseModel
+
+from engine import schedules, templates
+from engine.builtins import BUILTINS
+from engine.models import Agent, Payload, Task, TaskSpec
+from engine.pipeline import BUILTIN_SERVER
+from engine.runs import decode_cursor, encode_cursor
+from engine.validation import parse
+from store import agents as agent_store
+from store import tasks as task_store
+from store.errors import InvalidArgument, StepError
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+PREVIEW_COUNT = 5
+KEY_ROOTS = frozenset({"trigger", "event", "task", "now"})
+TASKS_CHANNEL = "pao_tasks"
+
+
+class ToolCatalog(Protocol):
+    """What task validation needs to know about downstream servers."""
+
+    def server_names(self) -> list[str]: ...
+
+    async def tool_schema(self, server: str, tool: str) -> dict[str, Any] | None: ...
+
+
+class CreatedTask(BaseModel):
+    task: Task
+    warnings: list[str]
+
+
+def next_fires(task: dict[str, Any], count: int = PREVIEW_COUNT) -> list[str]:
+    """The next `count` fire instants after the stored next fire, as ISO 8601 in the task's zone."""
+    if task["next_fire_at"] is None or task["schedule_kind"] not in schedules.TIME_KINDS:
+        return []
+    schedule = schedules.parse_schedule(
+        task["schedule_kind"], task["schedule_expr"], task["timezone"], anchor=task["created_at"]
+    )
+    first = task["next_fire_at"]
+    instants = [first, *schedule.upcoming(first, count - 1)]
+    return [schedules.format_local(i, schedule.tz) for i in instants]
+
+
+def to_task(row: dict[str, Any]) -> Task:
+    return Task.model_validate({**row, "next_fires": next_fires(row)})
+
+
+async def check_pipeline(payload: Payload, catalog: ToolCatalog, *, probe_timeout: float = 15.0) -> list[str]:
+    """Check every step before the task is saved; return warnings for what could not be checked."""
+    known = set(catalog.server_names())
+    for index, step in enumerate(payload.pipeline):
+        field = f"payload.pipeline[{index}].uses"
+        if step.server == BUILTIN_SERVER:
+            if step.tool not in BUILTINS:
+                raise InvalidArgument(
+                    field,
+                    f"'{step.uses}' is not a built-in step; built-ins are: "
+                    + ", ".join(f"pao.{name}" for name in sorted(BUILTINS)),
+                )
+        elif step.server not in known:
+            configured = ", ".join(sorted(known)) or "none"
+            raise InvalidArgument(
+                field,
+                f"server '{step.server}' is not in mcp.json (configured: {configured}; built-in: pao). "
+                "list_downstream_tools shows what pipelines may use",
+            )
+    templates.check_pipeline_templates(
+        [s.model_dump(by_alias=True) for s in payload.pipeline], allowed_roots=templates.ALLOWED_ROOTS
+    )
+    warnings: list[str] = []
+    schemas: dict[tuple[str, str], dict[str, Any] | None] = {}
+    # One probe per distinct (server, tool), reported against the first step that uses it.
+    first_use: dict[tuple[str, str], int] = {}
+    for index, step in enumerate(payload.pipeline):
+        if step.server != BUILTIN_SERVER:
+            first_use.setdefault((step.server, step.tool), index)
+
+    async def probe(server: str, tool: str, index: int) -> None:
+        try:
+            async with asyncio.timeout(probe_timeout):
+                schemas[(server, tool)] = await catalog.tool_schema(server, tool)
+        except StepError as exc:
+            if not exc.retryable:
+                raise InvalidArgument(f"payload.pipeline[{index}].uses", str(exc)) from None
+            warnings.append(f"server '{server}' could not be reached to check '{server}.{tool}': {exc}")
+        except TimeoutError:
+            warnings.append(f"server '{server}' did not list its tools within {probe_timeout:.0f}s; not checked")
+
+    await asyncio.gather(*(probe(server, tool, index) for (server, tool), index in first_use.items()))
+    for index, step in enumerate(payload.pipeline):
+        schema = schemas.get((step.server, step.tool))
+        if not schema:
+            continue
+        missing = [name for name in schema.get("required", []) if name not in step.with_]
+        if missing:
+            props = ", ".join(sorted(schema.get("properties", {}))) or "none"
+            raise InvalidArgument(
+                f"payload.pipeline[{index}].with",
+                f"'{step.uses}' requires {', '.join(repr(m) for m in missing)} (its arguments: {props})",
+            )
+        if schema.get("additionalProperties") is False:
+            extra = sorted(set(step.with_) - set(schema.get("properties", {})))
+            if extra:
+                raise InvalidArgument(
+                    f"payload.pipeline[{index}].with",
+                    f"'{step.uses}' takes no argument {', '.join(repr(e) for e in extra)}; "
+                    f"its arguments: {', '.join(sorted(schema.get('properties', {})))}",
+                )
+    return warnings
+
+
+def schedule_anchor(now: datetime) -> datetime:
+    """The task's creation instant, rounded up to a whole second.
+
+    An rrule without DTSTART starts at this anchor; rounding up keeps its first
+    occurrence strictly after `now`, so a COUNT=3 rule fires three times.
+    """
+    return now if now.microsecond == 0 else now.replace(microsecond=0) + timedelta(seconds=1)
+
+
+def first_fire(spec: TaskSpec, *, now: datetime, anchor: datetime) -> datetime | None:
+    """Validate the schedule and return its first fire (None for event tasks)."""
+    schedule = schedules.validate_schedule(
+        spec.schedule_kind, spec.schedule_expr, spec.timezone, now=now, anchor=anchor
+    )
+    return schedule.next_after(now)
+
+
+async def create_task(
+    db: asyncpg.Pool, catalog: ToolCatalog, caller: Agent, arguments: dict[str, Any], *, clock: Clock
+) -> CreatedTask:
+    """Validate everything, then write the task and its audit entry in one transaction."""
+    spec = parse(TaskSpec, arguments)
+    now = clock()
+    anchor = schedule_anchor(now)
+    next_fire_at = first_fire(spec, now=now, anchor=anchor)
+    for name in ("dedupe_key", "concurrency_key"):
+        value = getattr(spec, name)
+        if value is not None:
+            templates.check_template(value, name, KEY_ROOTS, ())
+    warnings = await check_pipeline(spec.payload, catalog)
+    fields = spec.model_dump(mode="json", by_alias=True)
+    fields["status"] = "active"
+    fields["next_fire_at"] = next_fire_at
+    async with db.acquire() as conn, conn.transaction():
+        row = await task_store.insert(conn, fields, created_by=caller.id, now=anchor)
+        await agent_store.audit(
+            conn,
+            agent_id=caller.id,
+            action="create_task",
+            target_type="task",
+            target_id=str(row["id"]),
+            details={
+                "title": spec.title,
+                "schedule_kind": spec.schedule_kind,
+                "schedule_expr": spec.schedule_expr,
+            },
+        )
+        await conn.execute("SELECT pg_notify($1, $2)", TASKS_CHANNEL, str(row["id"]))
+    return CreatedTask(task=to_task(row), warnings=warnings)
+
+
+async def get_task(db: asyncpg.Pool, task_id: UUID) -> Task:
+    async with db.acquire() as conn:
+        return to_task(await task_store.get(conn, task_id))
+
+
+async def list_tasks(
+    db: asyncpg.Pool, *, status: str | None, schedule_kind: str | None, limit: int, cursor: str | None
+) -> tuple[list[Task], str | None]:
+    before = decode_cursor(cursor)
+    async with db.acquire() as conn:
+        rows = await task_store.list_page(
+            conn, status=status, schedule_kind=schedule_kind, before=before, limit=limit + 1
+        )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    next_cursor = encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more and rows else None
+    return [to_task(r) for r in rows], next_cursor

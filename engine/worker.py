@@ -1,0 +1,203 @@
+"""A worker: claims due runs from Postgres and executes them, holding a lease on each.
+
+Workers coordinate only through the database: the claim is one
+`FOR UPDATE SKIP LOCKED` statement, leases are renewed by a heartbeat, and a
+run whose worker died is re-queued once its lease expires. A NOTIFY wakes the
+worker when a run is enqueued; a short poll covers runs that become due later
+(backoff) and lost notifications.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from engine.pipeline import Executor, RunHandle
+from store import runs as run_store
+
+log = logging.getLogger(__name__)
+
+RUNS_CHANNEL = "pao_runs"
+CANCEL_CHANNEL = "pao_cancel"
+
+
+def worker_name() -> str:
+    """host:pid:random, unique per process start, readable in `runs.lease_owner`."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Worker:
+    """Claims and executes runs, up to `concurrency` at a time."""
+
+    def __init__(
+        self,
+        db: asyncpg.Pool,
+        executor: Executor,
+        *,
+        name: str,
+        concurrency: int,
+        lease_seconds: float,
+        poll_interval: float = 1.0,
+        dsn: str | None = None,
+    ) -> None:
+        self.name = name
+        self._db = db
+        self._executor = executor
+        self._concurrency = concurrency
+        self._lease = lease_seconds
+        self._poll = poll_interval
+        self._dsn = dsn
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._slot_free = asyncio.Event()
+        self._active: dict[UUID, tuple[RunHandle, asyncio.Task[str]]] = {}
+        self._listener: asyncpg.Connection | None = None
+
+    @property
+    def active_runs(self) -> list[UUID]:
+        return list(self._active)
+
+    async def run(self) -> None:
+        """Claim and execute until `stop()` is called."""
+        heartbeat = asyncio.create_task(self._heartbeat(), name=f"{self.name}-heartbeat")
+        try:
+            await self._listen()
+            while not self._stopping.is_set():
+                await self._requeue_expired()
+                claimed = await self._claim_once()
+                if claimed:
+                    continue
+                await self._sleep()
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            await self._unlisten()
+
+    async def stop(self, grace_seconds: float = 10.0) -> None:
+        """Stop claiming; let running runs finish within the grace period; release the rest."""
+        self._stopping.set()
+        self._wake.set()
+        tasks = [task for _, task in self._active.values()]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace_seconds)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+        left = list(self._active)
+        if left:
+            async with self._db.acquire() as conn:
+                released = await run_store.release(conn, self.name, left)
+            log.info("released %d run(s) on shutdown", len(released))
+
+    async def _claim_once(self) -> bool:
+        free = self._concurrency - len(self._active)
+        if free <= 0:
+            self._slot_free.clear()
+            await self._wait(self._slot_free)
+            return True
+        try:
+            async with self._db.acquire() as conn:
+                rows = await run_store.claim(conn, self.name, free, self._lease)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("claim failed (%s); retrying", exc)
+            await asyncio.sleep(min(self._poll, 1.0))
+            return False
+        for row in rows:
+            handle = RunHandle(row)
+            if row["cancel_requested"]:
+                handle.cancel.set()
+            task = asyncio.create_task(self._execute(handle), name=f"run-{row['id']}")
+            self._active[row["id"]] = (handle, task)
+        # A full claim means more may be waiting: claim again without sleeping.
+        return len(rows) == free
+
+    async def _execute(self, handle: RunHandle) -> str:
+        run_id = handle.run["id"]
+        try:
+            return await self._executor.execute(handle)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # A bug, not a step failure: keep the worker alive; the lease expiry re-queues the run.
+            log.exception("run %s crashed the executor", run_id)
+            return "crashed"
+        finally:
+            self._active.pop(run_id, None)
+            self._slot_free.set()
+
+    async def _sleep(self) -> None:
+        await self._wait(self._wake, timeout=self._poll)
+        self._wake.clear()
+
+    async def _wait(self, event: asyncio.Event, timeout: float | None = None) -> None:
+        stop = asyncio.ensure_future(self._stopping.wait())
+        ev = asyncio.ensure_future(event.wait())
+        try:
+            await asyncio.wait({stop, ev}, timeout=timeout or self._poll, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            ev.cancel()
+
+    async def _requeue_expired(self) -> None:
+        try:
+            async with self._db.acquire() as conn:
+                rows = await run_store.requeue_expired(conn)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("lease sweep failed: %s", exc)
+            return
+        for row in rows:
+            log.warning("run %s: lease expired; now %s", row["id"], row["status"])
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self._lease / 3)
+            held = list(self._active)
+            if not held:
+                continue
+            try:
+                async with self._db.acquire() as conn:
+                    still = await run_store.renew_leases(conn, self.name, held, self._lease)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("lease renewal failed: %s", exc)
+                continue
+            for run_id, cancel in still.items():
+                if cancel and run_id in self._active:
+                    self._active[run_id][0].cancel.set()
+
+    def _on_notify(self, _conn: Any, channel: str, _pid: int, payload: str) -> None:
+        if channel == CANCEL_CHANNEL:
+            with contextlib.suppress(ValueError):
+                entry = self._active.get(UUID(payload))
+                if entry is not None:
+                    entry[0].cancel.set()
+            return
+        self._wake.set()
+
+    async def _listen(self) -> None:
+        try:
+            self._listener = await self._db.acquire()
+            await self._listener.add_listener(RUNS_CHANNEL, self._on_notify)
+            await self._listener.add_listener(CANCEL_CHANNEL, self._on_notify)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            # Without notifications the worker still polls; it is only slower to react.
+            log.warning("LISTEN failed (%s); polling every %.1fs", exc, self._poll)
+
+    async def _unlisten(self) -> None:
+        if self._listener is None:
+            return
+        with contextlib.suppress(Exception):
+            await self._listener.remove_listener(RUNS_CHANNEL, self._on_notify)
+            await self._listener.remove_listener(CANCEL_CHANNEL, self._on_notify)
+        with contextlib.suppress(Exception):
+            await self._db.release(self._listener)
+        self._listener = None

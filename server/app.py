@@ -1,0 +1,61 @@
+"""The MCP server factory and the transports it is served over."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import uvicorn
+from mcp.server.mcpserver import MCPServer
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from engine.app import Engine
+from engine.models import Agent
+from server.tools import register_tools
+
+log = logging.getLogger(__name__)
+
+INSTRUCTIONS = """\
+A durable scheduler. Create tasks that fire on a cron or RFC 5545 schedule, once, on a published event or
+when a polled condition holds; each run executes a pipeline of tool calls on the servers listed by
+list_downstream_tools. Start with preview_schedule to check a schedule, create_task to save it, run_now to
+try it, and get_run / list_runs to read what happened."""
+
+
+def create_server(engine: Engine, *, caller: Agent | None = None) -> MCPServer[Any]:
+    """An MCPServer bound to a running engine; tool calls act as `caller` (default: the local owner)."""
+    mcp: MCPServer[Any] = MCPServer(
+        name="pao",
+        title="Personal Agent Orchestrator",
+        instructions=INSTRUCTIONS,
+        version="0.1.0",
+        log_level=engine.settings.log_level.upper(),  # type: ignore[arg-type]
+    )
+    agent = caller or engine.owner
+    register_tools(mcp, engine, lambda: agent)
+
+    async def health(_request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def ready(_request: Request) -> Response:
+        try:
+            return JSONResponse({"status": "ok", **(await engine.health())})
+        except Exception as exc:  # readiness reports, it does not raise
+            return JSONResponse({"status": "unavailable", "error": str(exc)}, status_code=503)
+
+    for path, handler in (("/health", health), ("/health/live", health), ("/health/ready", ready)):
+        mcp.custom_route(path, methods=["GET"], include_in_schema=False)(handler)
+    return mcp
+
+
+async def serve(mcp: MCPServer[Any], transport: str, *, host: str, port: int) -> None:
+    """Serve until the client goes away (stdio) or the process is asked to stop (http, sse)."""
+    if transport == "stdio":
+        await mcp.run_stdio_async()
+        return
+    app: Starlette
+    app = mcp.sse_app(host=host) if transport == "sse" else mcp.streamable_http_app(host=host)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+    await uvicorn.Server(config).serve()

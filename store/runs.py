@@ -1,0 +1,207 @@
+"""Reading and writing `runs` and `run_steps`: enqueue, claim, lease, finish."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from store.errors import NotFound
+from store.queries import sql
+
+
+async def insert(
+    conn: asyncpg.Connection,
+    *,
+    task_id: UUID,
+    status: str,
+    trigger: str,
+    trigger_data: dict[str, Any],
+    scheduled_for: datetime,
+    priority: int,
+    concurrency_key: str | None,
+    dedupe_key: str | None,
+    deduped_of: UUID | None,
+    max_attempts: int,
+    available_at: datetime,
+    reason: str | None,
+    created_by: UUID | None,
+) -> dict[str, Any]:
+    row = await conn.fetchrow(
+        sql("insert_run"),
+        task_id,
+        status,
+        trigger,
+        trigger_data,
+        scheduled_for,
+        priority,
+        concurrency_key,
+        dedupe_key,
+        deduped_of,
+        max_attempts,
+        available_at,
+        reason,
+        created_by,
+    )
+    return dict(row)
+
+
+async def find_duplicate(conn: asyncpg.Connection, task_id: UUID, dedupe_key: str, window_seconds: int) -> UUID | None:
+    value = await conn.fetchval(sql("find_duplicate_run"), task_id, dedupe_key, window_seconds)
+    return value  # type: ignore[no-any-return]
+
+
+async def get(conn: asyncpg.Connection, run_id: UUID) -> dict[str, Any]:
+    row = await conn.fetchrow(sql("get_run"), run_id)
+    if row is None:
+        raise NotFound(f"run {run_id} does not exist; list_runs shows recent runs")
+    return dict(row)
+
+
+async def steps(conn: asyncpg.Connection, run_id: UUID) -> list[dict[str, Any]]:
+    return [dict(r) for r in await conn.fetch(sql("get_run_steps"), run_id)]
+
+
+async def list_page(
+    conn: asyncpg.Connection,
+    *,
+    task_id: UUID | None,
+    status: str | None,
+    before: tuple[datetime, UUID] | None,
+    limit: int,
+) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        sql("list_runs"), task_id, status, before[0] if before else None, before[1] if before else None, limit
+    )
+    return [dict(r) for r in rows]
+
+
+async def claim(conn: asyncpg.Connection, worker: str, limit: int, lease_seconds: float) -> list[dict[str, Any]]:
+    """Claim up to `limit` due runs; a concurrency-key race with another worker yields an empty claim."""
+    try:
+        rows = await conn.fetch(sql("claim_runs"), worker, limit, lease_seconds)
+    except asyncpg.UniqueViolationError:
+        # Another worker took a run with the same concurrency key after our snapshot; the
+        # next claim sees it running and passes over that key.
+        return []
+    return [dict(r) for r in rows]
+
+
+async def renew_leases(
+    conn: asyncpg.Connection, worker: str, run_ids: list[UUID], lease_seconds: float
+) -> dict[UUID, bool]:
+    """Extend the leases; map each run still held to whether cancellation was requested."""
+    rows = await conn.fetch(sql("renew_leases"), worker, run_ids, lease_seconds)
+    return {r["id"]: r["cancel_requested"] for r in rows}
+
+
+async def requeue_expired(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+    return [dict(r) for r in await conn.fetch(sql("requeue_expired_leases"))]
+
+
+async def release(conn: asyncpg.Connection, worker: str, run_ids: list[UUID]) -> list[UUID]:
+    return [r["id"] for r in await conn.fetch(sql("release_runs"), worker, run_ids)]
+
+
+async def finish(
+    conn: asyncpg.Connection,
+    run_id: UUID,
+    worker: str,
+    *,
+    status: str,
+    error: str | None,
+    outputs: dict[str, Any] | None,
+    reason: str | None = None,
+) -> bool:
+    """Record the run's end; False when this worker no longer holds the run."""
+    return await conn.fetchval(sql("finish_run"), run_id, worker, status, error, outputs, reason) is not None
+
+
+async def retry(
+    conn: asyncpg.Connection, run_id: UUID, worker: str, *, error: str, reason: str, delay_seconds: float
+) -> bool:
+    return await conn.fetchval(sql("retry_run"), run_id, worker, error, reason, delay_seconds) is not None
+
+
+async def previous_outputs(conn: asyncpg.Connection, run_id: UUID) -> dict[int, Any]:
+    """step_index -> output of every step that already succeeded in some attempt."""
+    return {r["step_index"]: r["output"] for r in await conn.fetch(sql("previous_step_outputs"), run_id)}
+
+
+async def start_step(
+    conn: asyncpg.Connection,
+    *,
+    run_id: UUID,
+    attempt: int,
+    step_index: int,
+    step_id: str,
+    uses: str,
+    input: Any,
+    worker: str,
+) -> int | None:
+    """Record a step as running; None when the worker lost the run's lease."""
+    return await conn.fetchval(  # type: ignore[no-any-return]
+        sql("start_step"), run_id, attempt, step_index, step_id, uses, input, worker
+    )
+
+
+async def finish_step(
+    conn: asyncpg.Connection,
+    step_row_id: int,
+    *,
+    status: str,
+    output: Any,
+    error: str | None,
+    duration_ms: float,
+) -> None:
+    await conn.execute(sql("finish_step"), step_row_id, status, output, error, duration_ms)
+
+
+async def record_step(
+    conn: asyncpg.Connection,
+    *,
+    run_id: UUID,
+    attempt: int,
+    step_index: int,
+    step_id: str,
+    uses: str,
+    status: str,
+    input: Any,
+    output: Any,
+    error: str | None,
+    started_at: datetime,
+    duration_ms: float,
+    worker: str,
+) -> bool:
+    """Record a finished step in one write; False when the worker lost the run's lease."""
+    row_id = await conn.fetchval(
+        sql("record_step"),
+        run_id,
+        attempt,
+        step_index,
+        step_id,
+        uses,
+        status,
+        input,
+        output,
+        error,
+        started_at,
+        duration_ms,
+        worker,
+    )
+    return row_id is not None
+
+
+async def cancel(conn: asyncpg.Connection, run_id: UUID, reason: str) -> dict[str, Any]:
+    """Cancel a queued run at once, or ask the worker of a running one to stop between steps.
+
+    Returns the run as it now stands; a finished run is returned unchanged.
+    """
+    row = await conn.fetchrow(sql("cancel_queued_run"), run_id, reason)
+    if row is None:
+        row = await conn.fetchrow(sql("request_run_cancel"), run_id, reason)
+    if row is None:
+        return await get(conn, run_id)
+    return dict(row)

@@ -1,0 +1,105 @@
+"""Shared fixtures: a real Postgres, and a fresh database per test cloned from a migrated template.
+
+Postgres is `DATABASE_URL` when set (CI points it at the machine's server), else
+an embedded one started for the session. Cloning a template (`CREATE DATABASE
+... TEMPLATE`) costs tens of milliseconds, so every test gets its own database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from store.database import create_pool
+from store.embedded import EmbeddedPostgres
+from store.migrate import migrate
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def with_database(dsn: str, name: str) -> str:
+    """`dsn` pointing at database `name` (works for host URLs and socket URLs alike)."""
+    parts = urlsplit(dsn)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
+
+
+@pytest.fixture(scope="session")
+def pg_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A DSN of a Postgres this session may create databases on."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        yield url
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail("CI=true but DATABASE_URL is unset: CI must test against the machine's Postgres")
+    embedded = EmbeddedPostgres(tmp_path_factory.mktemp("pao-data"))
+    yield embedded.start()
+    embedded.stop()
+
+
+@pytest.fixture(scope="session")
+async def template_db(pg_dsn: str) -> AsyncIterator[str]:
+    """A database migrated once per session; tests clone it."""
+    name = f"pao_tpl_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    admin = await asyncpg.connect(pg_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        conn = await asyncpg.connect(with_database(pg_dsn, name))
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+        yield name
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture
+async def database_url(pg_dsn: str, template_db: str) -> AsyncIterator[str]:
+    """A fresh database for this test, already migrated."""
+    name = f"pao_t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(pg_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+        yield with_database(pg_dsn, name)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(database_url, max_size=10)
+    try:
+        yield pool
+    finally:
+        await asyncio.wait_for(pool.close(), timeout=10)
+
+
+@pytest.fixture
+def mcp_config(tmp_path: Path) -> Path:
+    """An mcp.json naming the real `mcp-server-time` over stdio, as `time`."""
+    path = tmp_path / "mcp.json"
+    path.write_text(
+        json.dumps(
+            {
+                "mcpServers": {
+                    "time": {
+                        "command": sys.executable,
+                        "args": ["-m", "mcp_server_time", "--local-timezone", "UTC"],
+                    }
+                }
+            }
+        )
+    )
+    return path

@@ -1,0 +1,170 @@
+"""`pao serve` over stdio, driven by the SDK's client exactly as an agent would."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import psutil
+from mcp import Client, StdioServerParameters
+
+PIPELINE = {
+    "pipeline": [
+        {
+            "id": "now",
+            "uses": "time.get_current_time",
+            "with": {"timezone": "Europe/Chisinau"},
+            "save_as": "chisinau",
+        },
+        {
+            "id": "convert",
+            "uses": "time.convert_time",
+            "with": {
+                "source_timezone": "${steps.now.timezone}",
+                "time": "08:30",
+                "target_timezone": "Asia/Tokyo",
+            },
+            "save_as": "tokyo",
+        },
+    ]
+}
+
+
+def server_params(database_url: str, mcp_config: Path, tmp_path: Path) -> StdioServerParameters:
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "PAO_MCP_CONFIG": str(mcp_config),
+        "PAO_DATA_DIR": str(tmp_path / "data"),
+        "PAO_LOG_LEVEL": "WARNING",
+    }
+    return StdioServerParameters(command=sys.executable, args=["-m", "server.cli", "serve"], env=env, cwd=str(tmp_path))
+
+
+async def call(client: Client, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    result = await client.call_tool(tool, arguments)
+    assert not result.is_error, result.content
+    assert result.structured_content is not None
+    return result.structured_content
+
+
+async def wait_for_run(client: Client, run_id: str, *, timeout: float = 60) -> dict[str, Any]:
+    with anyio.fail_after(timeout):
+        while True:
+            run = await call(client, "get_run", {"run_id": run_id})
+            if run["status"] not in ("queued", "running"):
+                return run
+            await anyio.sleep(0.1)
+
+
+async def test_agent_creates_runs_and_reads_a_two_step_pipeline(
+    database_url: str, mcp_config: Path, tmp_path: Path
+) -> None:
+    params = server_params(database_url, mcp_config, tmp_path)
+    with anyio.fail_after(90):
+        async with Client(params) as client:
+            tools = {t.name: t for t in (await client.list_tools()).tools}
+            assert {
+                "create_task",
+                "get_task",
+                "list_tasks",
+                "run_now",
+                "list_runs",
+                "get_run",
+                "list_downstream_tools",
+                "health",
+            } <= set(tools)
+            assert tools["get_run"].annotations is not None and tools["get_run"].annotations.read_only_hint
+            assert tools["create_task"].output_schema is not None
+
+            health = await call(client, "health", {})
+            assert health["status"] == "ok"
+
+            created = await call(
+                client,
+                "create_task",
+                {
+                    "title": "Morning time check",
+                    "schedule_kind": "cron",
+                    "schedule_expr": "30 8 * * *",
+                    "timezone": "Europe/Chisinau",
+                    "payload": PIPELINE,
+                },
+            )
+            task = created["task"]
+            assert created["warnings"] == []
+            assert task["next_fires"][0].endswith(("08:30:00+02:00", "08:30:00+03:00"))
+
+            started = await call(client, "run_now", {"task_id": task["id"]})
+            assert started["status"] == "queued"
+            run = await wait_for_run(client, started["run_id"])
+
+            assert run["status"] == "succeeded", run
+            steps = {s["step_id"]: s for s in run["steps"]}
+            assert steps["now"]["status"] == "succeeded"
+            assert steps["now"]["output"]["timezone"] == "Europe/Chisinau"
+            # The second step's input was rendered from the first step's output.
+            assert steps["convert"]["input"]["source_timezone"] == "Europe/Chisinau"
+            assert steps["convert"]["output"]["target"]["timezone"] == "Asia/Tokyo"
+            assert steps["convert"]["output"]["source"]["datetime"].endswith(("08:30:00+02:00", "08:30:00+03:00"))
+            assert run["outputs"]["tokyo"]["target"]["timezone"] == "Asia/Tokyo"
+            assert all(s["duration_ms"] is not None for s in run["steps"])
+
+            listed = await call(client, "list_runs", {"task_id": task["id"]})
+            assert [r["id"] for r in listed["runs"]] == [started["run_id"]]
+
+
+async def test_bad_arguments_are_tool_errors_that_name_the_field_and_write_nothing(
+    database_url: str, mcp_config: Path, tmp_path: Path
+) -> None:
+    params = server_params(database_url, mcp_config, tmp_path)
+    with anyio.fail_after(90):
+        async with Client(params) as client:
+            bad = {
+                "title": "x",
+                "schedule_kind": "cron",
+                "schedule_expr": "30 8 * * *",
+                "payload": {"pipeline": [{"id": "a", "uses": "nosuch.tool", "with": {}}]},
+            }
+            result = await client.call_tool("create_task", bad)
+            assert result.is_error
+            text = result.content[0].text  # type: ignore[union-attr]
+            assert "payload.pipeline[0].uses" in text and "nosuch" in text and "time" in text
+
+            result = await client.call_tool("create_task", {**bad, "priority": 12})
+            assert result.is_error
+            assert "priority" in result.content[0].text  # type: ignore[union-attr]
+
+            missing = {
+                **bad,
+                "payload": {"pipeline": [{"id": "a", "uses": "time.get_current_time", "with": {}}]},
+            }
+            result = await client.call_tool("create_task", missing)
+            assert result.is_error
+            assert "timezone" in result.content[0].text  # type: ignore[union-attr]
+
+            listed = await call(client, "list_tasks", {})
+            assert listed["tasks"] == []
+
+
+async def test_server_exits_cleanly_when_stdin_closes_leaving_no_children(
+    database_url: str, mcp_config: Path, tmp_path: Path
+) -> None:
+    params = server_params(database_url, mcp_config, tmp_path)
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    with anyio.fail_after(90):
+        async with Client(params) as client:
+            # Start the downstream server so that there is a grandchild to clean up.
+            await call(client, "list_downstream_tools", {})
+            spawned = [p for p in me.children(recursive=True) if p.pid not in before]
+            assert len(spawned) >= 2, spawned  # pao serve and mcp-server-time
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in spawned):
+        await anyio.sleep(0.1)
+    alive = [p for p in spawned if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert alive == [], f"left running after the client closed stdin: {alive}"
