@@ -182,7 +182,7 @@ async def open_engine(
             yield engine
         finally:
             if worker is not None:
-                await worker.stop()
+                await worker.stop(settings.shutdown_grace_seconds)
             for task in background:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     mcp_config: Path | None = None
     token: str | None = None
     lease_seconds: float = Field(default=30.0, gt=0)
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     stream_out: str = "pao:events"
     stream_in: str = "pao:inbox"
     worker_concurrency: int = Field(default=16, ge=1)

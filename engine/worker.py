@@ -45,8 +45,8 @@ class Worker:
         name: str,
         concurrency: int,
         lease_seconds: float,
+        dsn: str,
         poll_interval: float = 1.0,
-        dsn: str | None = None,
     ) -> None:
         self.name = name
         self._db = db
@@ -60,6 +60,7 @@ class Worker:
         self._slot_free = asyncio.Event()
         self._active: dict[UUID, tuple[RunHandle, asyncio.Task[str]]] = {}
         self._listener: asyncpg.Connection | None = None
+        self._listen_retry_at = 0.0
 
     @property
     def active_runs(self) -> list[UUID]:
@@ -69,8 +70,8 @@ class Worker:
         """Claim and execute until `stop()` is called."""
         heartbeat = asyncio.create_task(self._heartbeat(), name=f"{self.name}-heartbeat")
         try:
-            await self._listen()
             while not self._stopping.is_set():
+                await self._ensure_listening()
                 await self._requeue_expired()
                 claimed = await self._claim_once()
                 if claimed:
@@ -86,18 +87,18 @@ class Worker:
         """Stop claiming; let running runs finish within the grace period; release the rest."""
         self._stopping.set()
         self._wake.set()
-        tasks = [task for _, task in self._active.values()]
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=grace_seconds)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=5)
-        left = list(self._active)
-        if left:
+        tasks = {task: run_id for run_id, (_, task) in self._active.items()}
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=grace_seconds)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=5)
+            left = [tasks[task] for task in pending]
             async with self._db.acquire() as conn:
                 released = await run_store.release(conn, self.name, left)
-            log.info("released %d run(s) on shutdown", len(released))
+            log.info("released %d run(s) still running after the %.1fs grace period", len(released), grace_seconds)
 
     async def _claim_once(self) -> bool:
         free = self._concurrency - len(self._active)
@@ -183,14 +184,27 @@ class Worker:
             return
         self._wake.set()
 
-    async def _listen(self) -> None:
+    async def _ensure_listening(self) -> None:
+        """(Re)establish LISTEN; after a database restart the old connection is dead."""
+        if self._listener is not None and not self._listener.is_closed():
+            return
+        now = asyncio.get_running_loop().time()
+        if now < self._listen_retry_at:
+            return
+        await self._unlisten()
         try:
-            self._listener = await self._db.acquire()
+            # A connection of its own: LISTEN must outlive pool checkouts, and must not take a pool slot.
+            self._listener = await asyncpg.connect(self._dsn, timeout=10)
             await self._listener.add_listener(RUNS_CHANNEL, self._on_notify)
             await self._listener.add_listener(CANCEL_CHANNEL, self._on_notify)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             # Without notifications the worker still polls; it is only slower to react.
             log.warning("LISTEN failed (%s); polling every %.1fs", exc, self._poll)
+            await self._unlisten()
+            self._listen_retry_at = now + 5.0
+            return
+        # Anything enqueued while we were not listening is found by the claim that follows.
+        self._wake.set()
 
     async def _unlisten(self) -> None:
         if self._listener is None:
@@ -199,5 +213,6 @@ class Worker:
             await self._listener.remove_listener(RUNS_CHANNEL, self._on_notify)
             await self._listener.remove_listener(CANCEL_CHANNEL, self._on_notify)
         with contextlib.suppress(Exception):
-            await self._db.release(self._listener)
+            await asyncio.wait_for(self._listener.close(), timeout=2)
+        self._listener.terminate()
         self._listener = None

