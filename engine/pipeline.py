@@ -9,9 +9,12 @@ never recomputed.
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import logging
+import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -22,9 +25,11 @@ import jsonschema
 from engine import templates
 from engine.backoff import backoff_delay
 from engine.builtins import BUILTINS, PublishFn, call_builtin
+from engine.completions import Completions
 from engine.models import Payload, PipelineStep
 from store import runs as run_store
 from store.errors import StepError
+from store.runs import Completion, StepRecord
 
 log = logging.getLogger(__name__)
 
@@ -47,23 +52,44 @@ class RunHandle:
 
     run: dict[str, Any]
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set once the pipeline has stopped executing and only its record remains to be committed:
+    # the worker may start another run in this slot while the group commit is in flight.
+    executed: asyncio.Event = field(default_factory=asyncio.Event)
+    on_executed: Callable[[], None] | None = None
+
+    def mark_executed(self) -> None:
+        self.executed.set()
+        if self.on_executed is not None:
+            self.on_executed()
 
 
 class LeaseLost(Exception):
     """This worker no longer holds the run (its lease expired and another worker took it)."""
 
 
+@functools.lru_cache(maxsize=1024)
+def _validator(schema_json: str) -> jsonschema.protocols.Validator | None:
+    """A compiled validator per distinct schema (checking the schema itself costs more than validating)."""
+    schema = json.loads(schema_json)
+    cls = jsonschema.validators.validator_for(schema)
+    try:
+        cls.check_schema(schema)
+    except jsonschema.SchemaError:
+        # A server publishing a broken schema should not block its own tool; it judges the call.
+        return None
+    return cls(schema)
+
+
 def _validate_arguments(uses: str, schema: Mapping[str, Any] | None, arguments: dict[str, Any]) -> None:
     if not schema:
         return
-    try:
-        jsonschema.validate(arguments, dict(schema))
-    except jsonschema.ValidationError as exc:
-        where = "/".join(str(p) for p in exc.absolute_path) or "(arguments)"
-        raise StepError(f"{uses}: invalid arguments at {where}: {exc.message}", retryable=False) from exc
-    except jsonschema.SchemaError:
-        # A server publishing a broken schema should not block its own tool; it judges the call.
-        log.debug("%s publishes an invalid input schema; not checking arguments", uses)
+    validator = _validator(json.dumps(schema, sort_keys=True))
+    if validator is None:
+        return
+    error = jsonschema.exceptions.best_match(validator.iter_errors(arguments))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(arguments)"
+        raise StepError(f"{uses}: invalid arguments at {where}: {error.message}", retryable=False)
 
 
 class Executor:
@@ -82,7 +108,11 @@ class Executor:
         self._tools = tools
         self._worker = worker
         self._publish = publish
-        self._environ = environ
+        self._completions = Completions(db)
+        # Only PAO_SECRET_* is kept: filtering the whole environment per run is measurable at 1k runs/s.
+        self._environ = {
+            k: v for k, v in (os.environ if environ is None else environ).items() if k.startswith("PAO_SECRET_")
+        }
 
     async def execute(self, handle: RunHandle) -> str:
         """Run the pipeline of a claimed run and record its outcome; return the final status."""
@@ -97,26 +127,36 @@ class Executor:
         run = handle.run
         pipeline = Payload.model_validate(run["task_payload"]).pipeline
         attempt: int = run["attempt"]
-        async with self._db.acquire() as conn:
-            done = await run_store.previous_outputs(conn, run["id"]) if attempt > 1 or run["reason"] else {}
+        done: dict[int, Any] = {}
+        if attempt > 1 or run["reason"]:
+            # A retry, or a run taken over from a worker that died: resume after what succeeded.
+            async with self._db.acquire() as conn:
+                done = await run_store.previous_outputs(conn, run["id"])
         secrets = templates.Secrets(self._environ)
         outputs_by_step: dict[str, Any] = {}
         saved: dict[str, Any] = {}
+        last_record: StepRecord | None = None
         for index, step in enumerate(pipeline):
             if handle.cancel.is_set():
-                await self._finish(run, "cancelled", None, saved, reason="cancelled by cancel_run between steps")
+                await self._finish(handle, "cancelled", None, saved, reason="cancelled by cancel_run between steps")
                 return "cancelled"
             if index in done:
                 output = done[index]
             else:
+                # The last step's record rides along with the run's completion: one write, not two.
+                defer = index == len(pipeline) - 1
                 try:
-                    output = await self._run_step(run, index, step, outputs_by_step, saved, secrets)
+                    output, last_record = await self._run_step(
+                        run, index, step, outputs_by_step, saved, secrets, defer=defer
+                    )
                 except StepError as exc:
-                    return await self._fail(run, step, exc, secrets.used_values())
+                    return await self._fail(handle, step, exc, secrets.used_values())
             outputs_by_step[step.id] = output
             if step.save_as:
                 saved[step.save_as] = output
-        await self._finish(run, "succeeded", None, templates.redact(saved, secrets.used_values()))
+        await self._finish(
+            handle, "succeeded", None, templates.redact(saved, secrets.used_values()), step_record=last_record
+        )
         return "succeeded"
 
     async def _run_step(
@@ -127,28 +167,32 @@ class Executor:
         outputs_by_step: dict[str, Any],
         saved: dict[str, Any],
         secrets: templates.Secrets,
-    ) -> Any:
+        *,
+        defer: bool,
+    ) -> tuple[Any, StepRecord | None]:
+        """Run one step; return its output and, when `defer` is set, its record for the caller to write."""
         started = datetime.now(UTC)
         t0 = time.perf_counter()
         arguments: Any = None
-        builtin = step.server == BUILTIN_SERVER
         row_id: int | None = None
         try:
-            context = templates.build_context(
-                steps=outputs_by_step,
-                saved=saved,
-                trigger={
-                    "kind": run["trigger"],
-                    "scheduled_for": run["scheduled_for"].isoformat(),
-                    **run["trigger_data"],
-                },
-                task={"id": str(run["task_id"]), "title": run["task_title"]},
-                run={"id": str(run["id"]), "attempt": run["attempt"]},
-                secrets=secrets,
-                now=started,
-            )
-            arguments = templates.render(step.with_, context)
-            if not builtin:
+            arguments = step.with_
+            if templates.is_templated(arguments):
+                context = templates.build_context(
+                    steps=outputs_by_step,
+                    saved=saved,
+                    trigger={
+                        "kind": run["trigger"],
+                        "scheduled_for": run["scheduled_for"].isoformat(),
+                        **run["trigger_data"],
+                    },
+                    task={"id": str(run["task_id"]), "title": run["task_title"]},
+                    run={"id": str(run["id"]), "attempt": run["attempt"]},
+                    secrets=secrets,
+                    now=started,
+                )
+                arguments = templates.render(arguments, context)
+            if step.server != BUILTIN_SERVER:
                 # Long calls show as running in get_run while they are in flight.
                 async with self._db.acquire() as conn:
                     row_id = await run_store.start_step(
@@ -165,10 +209,14 @@ class Executor:
                     raise LeaseLost
             output = await self._call(step, arguments)
         except StepError as exc:
-            await self._record(run, index, step, row_id, "failed", arguments, None, str(exc), started, t0, secrets)
+            record = self._step_record(run, index, step, "failed", arguments, None, str(exc), started, t0, secrets)
+            await self._write_step(run, record, row_id)
             raise
-        await self._record(run, index, step, row_id, "succeeded", arguments, output, None, started, t0, secrets)
-        return output
+        record = self._step_record(run, index, step, "succeeded", arguments, output, None, started, t0, secrets)
+        if defer and row_id is None:
+            return output, record
+        await self._write_step(run, record, row_id)
+        return output, None
 
     async def _call(self, step: PipelineStep, arguments: Any) -> Any:
         if not isinstance(arguments, dict):
@@ -193,12 +241,11 @@ class Executor:
             raise StepError(f"{step.uses} returned an error: {result.text}", retryable=True)
         return result.value
 
-    async def _record(
-        self,
+    @staticmethod
+    def _step_record(
         run: dict[str, Any],
         index: int,
         step: PipelineStep,
-        row_id: int | None,
         status: str,
         arguments: Any,
         output: Any,
@@ -206,36 +253,39 @@ class Executor:
         started: datetime,
         t0: float,
         secrets: templates.Secrets,
-    ) -> None:
+    ) -> StepRecord:
         used = secrets.used_values()
-        duration_ms = (time.perf_counter() - t0) * 1000
-        output = templates.redact(output, used)
-        error = templates.redact(error, used)
+        return StepRecord(
+            attempt=run["attempt"],
+            step_index=index,
+            step_id=step.id,
+            uses=step.uses,
+            status=status,
+            input=templates.redact(arguments, used),
+            output=templates.redact(output, used),
+            error=templates.redact(error, used),
+            started_at=started,
+            duration_ms=(time.perf_counter() - t0) * 1000,
+        )
+
+    async def _write_step(self, run: dict[str, Any], record: StepRecord, row_id: int | None) -> None:
         async with self._db.acquire() as conn:
             if row_id is not None:
                 await run_store.finish_step(
-                    conn, row_id, status=status, output=output, error=error, duration_ms=duration_ms
+                    conn,
+                    row_id,
+                    status=record.status,
+                    output=record.output,
+                    error=record.error,
+                    duration_ms=record.duration_ms,
                 )
                 return
-            held = await run_store.record_step(
-                conn,
-                run_id=run["id"],
-                attempt=run["attempt"],
-                step_index=index,
-                step_id=step.id,
-                uses=step.uses,
-                status=status,
-                input=templates.redact(arguments, used),
-                output=output,
-                error=error,
-                started_at=started,
-                duration_ms=duration_ms,
-                worker=self._worker,
-            )
+            held = await run_store.record_step(conn, run_id=run["id"], record=record, worker=self._worker)
         if not held:
             raise LeaseLost
 
-    async def _fail(self, run: dict[str, Any], step: PipelineStep, exc: StepError, used: set[str]) -> str:
+    async def _fail(self, handle: RunHandle, step: PipelineStep, exc: StepError, used: set[str]) -> str:
+        run = handle.run
         message = templates.redact(f"step {step.id!r} ({step.uses}) failed: {exc}", used)
         if exc.retryable and run["attempt"] < run["max_attempts"]:
             delay = backoff_delay(
@@ -255,21 +305,29 @@ class Executor:
             reason = f"failed after {run['attempt']} attempt(s)"
         else:
             reason = "failed without retry: this error cannot succeed on a retry"
-        await self._finish(run, "failed", message, None, reason=reason)
+        await self._finish(handle, "failed", message, None, reason=reason)
         return "failed"
 
     async def _finish(
         self,
-        run: dict[str, Any],
+        handle: RunHandle,
         status: str,
         error: str | None,
         outputs: dict[str, Any] | None,
         *,
         reason: str | None = None,
+        step_record: StepRecord | None = None,
     ) -> None:
-        async with self._db.acquire() as conn:
-            held = await run_store.finish(
-                conn, run["id"], self._worker, status=status, error=error, outputs=outputs, reason=reason
-            )
-        if not held:
+        handle.mark_executed()
+        run = handle.run
+        completion = Completion(
+            run_id=run["id"],
+            worker=self._worker,
+            status=status,
+            error=error,
+            outputs=outputs,
+            reason=reason,
+            step=step_record,
+        )
+        if not await self._completions.submit(completion):
             raise LeaseLost

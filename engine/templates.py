@@ -445,6 +445,17 @@ def _chains(node: nodes.Node) -> Iterator[Path]:
 # --------------------------------------------------------------------------- rendering
 
 
+def is_templated(value: Any) -> bool:
+    """Whether any string leaf of `value` holds a `${`: if not, `render` would return it unchanged."""
+    if isinstance(value, str):
+        return "${" in value
+    if isinstance(value, Mapping):
+        return any(is_templated(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(is_templated(v) for v in value)
+    return False
+
+
 def render(value: Any, context: Mapping[str, Any], *, field: str = "") -> Any:
     """Render every string leaf of `value` against `context` (see the module docstring).
 

@@ -61,6 +61,7 @@ class Worker:
         self._active: dict[UUID, tuple[RunHandle, asyncio.Task[str]]] = {}
         self._listener: asyncpg.Connection | None = None
         self._listen_retry_at = 0.0
+        self._next_sweep = 0.0
 
     @property
     def active_runs(self) -> list[UUID]:
@@ -101,7 +102,8 @@ class Worker:
             log.info("released %d run(s) still running after the %.1fs grace period", len(released), grace_seconds)
 
     async def _claim_once(self) -> bool:
-        free = self._concurrency - len(self._active)
+        # A run whose pipeline is done and whose record is being committed no longer takes a slot.
+        free = self._concurrency - sum(1 for handle, _ in self._active.values() if not handle.executed.is_set())
         if free <= 0:
             self._slot_free.clear()
             await self._wait(self._slot_free)
@@ -117,6 +119,7 @@ class Worker:
             handle = RunHandle(row)
             if row["cancel_requested"]:
                 handle.cancel.set()
+            handle.on_executed = self._slot_free.set
             task = asyncio.create_task(self._execute(handle), name=f"run-{row['id']}")
             self._active[row["id"]] = (handle, task)
         # A full claim means more may be waiting: claim again without sleeping.
@@ -150,6 +153,11 @@ class Worker:
             ev.cancel()
 
     async def _requeue_expired(self) -> None:
+        # Leases expire on a scale of seconds: sweeping a few times per lease is enough.
+        now = asyncio.get_running_loop().time()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + min(self._lease / 3, 5.0)
         try:
             async with self._db.acquire() as conn:
                 rows = await run_store.requeue_expired(conn)
@@ -175,7 +183,7 @@ class Worker:
                 if cancel and run_id in self._active:
                     self._active[run_id][0].cancel.set()
 
-    def _on_notify(self, _conn: Any, channel: str, _pid: int, payload: str) -> None:
+    def _on_notify(self, _conn: Any, _pid: int, channel: str, payload: str) -> None:
         if channel == CANCEL_CHANNEL:
             with contextlib.suppress(ValueError):
                 entry = self._active.get(UUID(payload))

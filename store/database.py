@@ -36,11 +36,25 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """Return a connection to the pool as it is.
+
+    Nothing here leaves session state behind (no SET, no session advisory lock
+    past its unlock, LISTEN lives on its own connection), and the default reset
+    (`RESET ALL; UNLISTEN *; ...`) would cost a round trip per checkout.
+    """
+
+
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
     """Open a pool whose connections speak jsonb as Python values."""
     try:
         pool = await asyncpg.create_pool(
-            dsn, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=60
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            init=_init_connection,
+            reset=_keep_session,
+            command_timeout=60,
         )
     except (OSError, asyncpg.PostgresError) as exc:
         raise StoreUnavailable(f"cannot connect to Postgres: {exc}") from exc

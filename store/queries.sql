@@ -85,7 +85,9 @@ WITH candidates AS (
       AND r.available_at <= now()
       AND (r.concurrency_key IS NULL OR NOT EXISTS (
               SELECT 1 FROM runs h WHERE h.concurrency_key = r.concurrency_key AND h.status = 'running'))
-    ORDER BY r.priority, r.available_at, r.id
+    -- Exactly the order of the runs_claimable index, so the scan stops after $2 rows instead of
+    -- sorting the whole backlog.
+    ORDER BY r.priority, r.available_at
     LIMIT $2
     FOR UPDATE OF r SKIP LOCKED
 ), picked AS (
@@ -143,13 +145,36 @@ SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, available_at
 WHERE id = ANY($2::uuid[]) AND lease_owner = $1 AND status = 'running'
 RETURNING id;
 
--- name: finish_run
--- Fenced on the lease: a worker that lost its lease cannot complete the run a second time.
-UPDATE runs
-SET status = $3, error = $4, outputs = $5, reason = coalesce($6, reason), finished_at = now(),
-    lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
-WHERE id = $1 AND lease_owner = $2 AND status = 'running'
-RETURNING id;
+-- name: finish_runs
+-- Record the end of many runs in one statement (one commit for a whole batch), each with the
+-- record of its last step when it has one. Fenced on the lease: a worker that lost a run's
+-- lease cannot complete it a second time, and then its step record is not written either.
+WITH input AS (
+    SELECT *
+    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::text[],
+                $7::int[], $8::int[], $9::text[], $10::text[], $11::text[], $12::jsonb[], $13::jsonb[],
+                $14::text[], $15::timestamptz[], $16::float8[])
+         AS i(run_id, worker, status, error, outputs, reason,
+              attempt, step_index, step_id, uses, step_status, input, output, step_error, started_at, duration_ms)
+), finished AS (
+    UPDATE runs r
+    SET status = i.status, error = i.error, outputs = i.outputs, reason = coalesce(i.reason, r.reason),
+        finished_at = now(), lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+    FROM input i
+    WHERE r.id = i.run_id AND r.lease_owner = i.worker AND r.status = 'running'
+    RETURNING r.id
+), steps AS (
+    INSERT INTO run_steps (run_id, attempt, step_index, step_id, uses, status, input, output, error,
+                           started_at, finished_at, duration_ms)
+    SELECT i.run_id, i.attempt, i.step_index, i.step_id, i.uses, i.step_status, i.input, i.output, i.step_error,
+           i.started_at, now(), i.duration_ms
+    FROM input i JOIN finished f ON f.id = i.run_id
+    WHERE i.step_index IS NOT NULL
+    ON CONFLICT (run_id, attempt, step_index) DO UPDATE
+    SET status = EXCLUDED.status, input = EXCLUDED.input, output = EXCLUDED.output, error = EXCLUDED.error,
+        started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at, duration_ms = EXCLUDED.duration_ms
+)
+SELECT id FROM finished;
 
 -- name: retry_run
 -- Back to the queue as the next attempt, claimable after the backoff.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -105,18 +106,58 @@ async def release(conn: asyncpg.Connection, worker: str, run_ids: list[UUID]) ->
     return [r["id"] for r in await conn.fetch(sql("release_runs"), worker, run_ids)]
 
 
-async def finish(
-    conn: asyncpg.Connection,
-    run_id: UUID,
-    worker: str,
-    *,
-    status: str,
-    error: str | None,
-    outputs: dict[str, Any] | None,
-    reason: str | None = None,
-) -> bool:
-    """Record the run's end; False when this worker no longer holds the run."""
-    return await conn.fetchval(sql("finish_run"), run_id, worker, status, error, outputs, reason) is not None
+@dataclass(frozen=True)
+class StepRecord:
+    """A finished step, as written to run_steps."""
+
+    attempt: int
+    step_index: int
+    step_id: str
+    uses: str
+    status: str
+    input: Any
+    output: Any
+    error: str | None
+    started_at: datetime
+    duration_ms: float
+
+
+@dataclass(frozen=True)
+class Completion:
+    """The end of a run, with the record of the step that ended it (if that step is not yet written)."""
+
+    run_id: UUID
+    worker: str
+    status: str
+    error: str | None
+    outputs: dict[str, Any] | None
+    reason: str | None = None
+    step: StepRecord | None = None
+
+
+async def finish_many(conn: asyncpg.Connection, items: list[Completion]) -> set[UUID]:
+    """Record the end of every run in `items`; return the ids whose worker still held the lease."""
+    steps = [c.step for c in items]
+    rows = await conn.fetch(
+        sql("finish_runs"),
+        [c.run_id for c in items],
+        [c.worker for c in items],
+        [c.status for c in items],
+        [c.error for c in items],
+        [c.outputs for c in items],
+        [c.reason for c in items],
+        [s.attempt if s else None for s in steps],
+        [s.step_index if s else None for s in steps],
+        [s.step_id if s else None for s in steps],
+        [s.uses if s else None for s in steps],
+        [s.status if s else None for s in steps],
+        [s.input if s else None for s in steps],
+        [s.output if s else None for s in steps],
+        [s.error if s else None for s in steps],
+        [s.started_at if s else None for s in steps],
+        [s.duration_ms if s else None for s in steps],
+    )
+    return {r["id"] for r in rows}
 
 
 async def retry(
@@ -159,36 +200,21 @@ async def finish_step(
     await conn.execute(sql("finish_step"), step_row_id, status, output, error, duration_ms)
 
 
-async def record_step(
-    conn: asyncpg.Connection,
-    *,
-    run_id: UUID,
-    attempt: int,
-    step_index: int,
-    step_id: str,
-    uses: str,
-    status: str,
-    input: Any,
-    output: Any,
-    error: str | None,
-    started_at: datetime,
-    duration_ms: float,
-    worker: str,
-) -> bool:
+async def record_step(conn: asyncpg.Connection, *, run_id: UUID, record: StepRecord, worker: str) -> bool:
     """Record a finished step in one write; False when the worker lost the run's lease."""
     row_id = await conn.fetchval(
         sql("record_step"),
         run_id,
-        attempt,
-        step_index,
-        step_id,
-        uses,
-        status,
-        input,
-        output,
-        error,
-        started_at,
-        duration_ms,
+        record.attempt,
+        record.step_index,
+        record.step_id,
+        record.uses,
+        record.status,
+        record.input,
+        record.output,
+        record.error,
+        record.started_at,
+        record.duration_ms,
         worker,
     )
     return row_id is not None

@@ -162,7 +162,8 @@ async def test_cancel_run_stops_a_running_run_between_steps(
     database_url: str, fx_config: Path, tmp_path: Path
 ) -> None:
     marker = tmp_path / "after"
-    async with engine_on(database_url, fx_config, tmp_path) as engine:
+    # A long lease keeps the heartbeat out of it: the cancel must arrive by NOTIFY, within the 1 s step.
+    async with engine_on(database_url, fx_config, tmp_path, lease_seconds=60) as engine:
         task_id = await create(
             engine,
             [
