@@ -21,10 +21,11 @@ MAX_BATCH = 500
 
 
 class Completions:
-    """Batches `finish_many` writes for one worker."""
+    """Batches `finish_many` writes of one worker."""
 
-    def __init__(self, db: asyncpg.Pool) -> None:
+    def __init__(self, db: asyncpg.Pool, worker: str) -> None:
         self._db = db
+        self._worker = worker
         self._pending: list[tuple[Completion, asyncio.Future[bool]]] = []
         self._writer: asyncio.Task[None] | None = None
 
@@ -43,7 +44,7 @@ class Completions:
             batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
             try:
                 async with self._db.acquire() as conn:
-                    held = await run_store.finish_many(conn, [c for c, _ in batch])
+                    held = await run_store.finish_many(conn, self._worker, [c for c, _ in batch])
             except BaseException as exc:
                 for _, future in batch:
                     if not future.done():

@@ -108,7 +108,7 @@ class Executor:
         self._tools = tools
         self._worker = worker
         self._publish = publish
-        self._completions = Completions(db)
+        self._completions = Completions(db, worker)
         # Only PAO_SECRET_* is kept: filtering the whole environment per run is measurable at 1k runs/s.
         self._environ = {
             k: v for k, v in (os.environ if environ is None else environ).items() if k.startswith("PAO_SECRET_")
@@ -322,7 +322,6 @@ class Executor:
         run = handle.run
         completion = Completion(
             run_id=run["id"],
-            worker=self._worker,
             status=status,
             error=error,
             outputs=outputs,

@@ -114,67 +114,106 @@ RETURNING r.*, t.payload AS task_payload, t.title AS task_title, t.backoff_strat
 
 -- name: renew_leases
 -- Heartbeat for all runs a worker holds; returns which of them an agent asked to cancel.
-UPDATE runs
+-- SKIP LOCKED: a run whose row is locked is being finished right now and needs no renewal;
+-- waiting for it could deadlock against a batch completion that locks rows in another order.
+WITH held AS (
+    -- lease_owner alone fences (it is set exactly while a run is running); see finish_runs.
+    SELECT id FROM runs
+    WHERE id = ANY($2::uuid[]) AND lease_owner = $1
+    ORDER BY id
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE runs r
 SET lease_expires_at = now() + make_interval(secs => $3::float8)
-WHERE id = ANY($2::uuid[]) AND lease_owner = $1 AND status = 'running'
-RETURNING id, cancel_requested;
+FROM held
+WHERE r.id = held.id
+RETURNING r.id, r.cancel_requested;
 
 -- name: requeue_expired_leases
 -- Runs whose worker stopped heartbeating go back to the queue as a new attempt;
 -- past max_attempts they fail instead of looping on a run that kills its worker.
-UPDATE runs
-SET status = CASE WHEN attempt >= max_attempts THEN 'failed' ELSE 'queued' END,
-    attempt = CASE WHEN attempt >= max_attempts THEN attempt ELSE attempt + 1 END,
-    error = CASE WHEN attempt >= max_attempts
-                 THEN 'worker ' || coalesce(lease_owner, '?') || ' stopped while running this run, and no attempts are left'
-                 ELSE error END,
-    reason = 'lease of worker ' || coalesce(lease_owner, '?') || ' expired; re-queued',
-    finished_at = CASE WHEN attempt >= max_attempts THEN now() END,
+-- SKIP LOCKED: a locked run is being written by its (live) worker, so its lease is not lost.
+WITH expired AS (
+    SELECT id FROM runs
+    WHERE status = 'running' AND lease_expires_at < now()
+    ORDER BY id
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE runs r
+SET status = CASE WHEN r.attempt >= r.max_attempts THEN 'failed' ELSE 'queued' END,
+    attempt = CASE WHEN r.attempt >= r.max_attempts THEN r.attempt ELSE r.attempt + 1 END,
+    error = CASE WHEN r.attempt >= r.max_attempts
+                 THEN 'worker ' || coalesce(r.lease_owner, '?') || ' stopped while running this run, and no attempts are left'
+                 ELSE r.error END,
+    reason = 'lease of worker ' || coalesce(r.lease_owner, '?') || ' expired; re-queued',
+    finished_at = CASE WHEN r.attempt >= r.max_attempts THEN now() END,
     available_at = now(),
     lease_owner = NULL,
     lease_expires_at = NULL,
     updated_at = now()
-WHERE status = 'running' AND lease_expires_at < now()
-RETURNING id, status;
+FROM expired
+WHERE r.id = expired.id
+RETURNING r.id, r.status;
 
 -- name: release_runs
--- Graceful shutdown: give runs back without burning an attempt.
-UPDATE runs
+-- Graceful shutdown: give runs back without burning an attempt. Rows are locked in id order,
+-- like every multi-row write to runs, so concurrent batches cannot deadlock.
+WITH held AS (
+    SELECT id FROM runs
+    WHERE id = ANY($2::uuid[]) AND lease_owner = $1 AND status = 'running'
+    ORDER BY id
+    FOR UPDATE
+)
+UPDATE runs r
 SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, available_at = now(),
     reason = 'released by worker ' || $1 || ' on shutdown', updated_at = now()
-WHERE id = ANY($2::uuid[]) AND lease_owner = $1 AND status = 'running'
-RETURNING id;
+FROM held
+WHERE r.id = held.id
+RETURNING r.id;
 
 -- name: finish_runs
--- Record the end of many runs in one statement (one commit for a whole batch), each with the
--- record of its last step when it has one. Fenced on the lease: a worker that lost a run's
--- lease cannot complete it a second time, and then its step record is not written either.
+-- Record the end of many runs of worker $2 in one statement (one commit for a whole batch), each
+-- with the record of its last step when it has one. Fenced on the lease: a run this worker no
+-- longer holds is not completed (a second time), and its step record is not written either.
 WITH input AS (
     SELECT *
-    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::text[],
+    FROM unnest($1::uuid[], $3::text[], $4::text[], $5::jsonb[], $6::text[],
                 $7::int[], $8::int[], $9::text[], $10::text[], $11::text[], $12::jsonb[], $13::jsonb[],
                 $14::text[], $15::timestamptz[], $16::float8[])
-         AS i(run_id, worker, status, error, outputs, reason,
+         AS i(run_id, status, error, outputs, reason,
               attempt, step_index, step_id, uses, step_status, input, output, step_error, started_at, duration_ms)
+), held AS (
+    -- One primary-key lookup per input row (LATERAL keeps the planner from scanning the batch once
+    -- per running run when its statistics say few runs are running), locking rows in id order as
+    -- every multi-row write to runs does, so two batches or a batch and a heartbeat cannot deadlock.
+    SELECT i.*
+    FROM (SELECT * FROM input ORDER BY run_id) i
+    CROSS JOIN LATERAL (
+        -- lease_owner is set exactly while a run is running, so it alone fences the write; adding
+        -- status = 'running' would tempt the planner into scanning runs_leased once per row.
+        SELECT r.id FROM runs r
+        WHERE r.id = i.run_id AND r.lease_owner = $2
+        FOR UPDATE
+    ) locked
 ), finished AS (
     UPDATE runs r
-    SET status = i.status, error = i.error, outputs = i.outputs, reason = coalesce(i.reason, r.reason),
+    SET status = h.status, error = h.error, outputs = h.outputs, reason = coalesce(h.reason, r.reason),
         finished_at = now(), lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
-    FROM input i
-    WHERE r.id = i.run_id AND r.lease_owner = i.worker AND r.status = 'running'
-    RETURNING r.id
+    FROM held h
+    WHERE r.id = h.run_id
+    RETURNING h.*
 ), steps AS (
     INSERT INTO run_steps (run_id, attempt, step_index, step_id, uses, status, input, output, error,
                            started_at, finished_at, duration_ms)
-    SELECT i.run_id, i.attempt, i.step_index, i.step_id, i.uses, i.step_status, i.input, i.output, i.step_error,
-           i.started_at, now(), i.duration_ms
-    FROM input i JOIN finished f ON f.id = i.run_id
-    WHERE i.step_index IS NOT NULL
+    SELECT run_id, attempt, step_index, step_id, uses, step_status, input, output, step_error,
+           started_at, now(), duration_ms
+    FROM finished
+    WHERE step_index IS NOT NULL
     ON CONFLICT (run_id, attempt, step_index) DO UPDATE
     SET status = EXCLUDED.status, input = EXCLUDED.input, output = EXCLUDED.output, error = EXCLUDED.error,
         started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at, duration_ms = EXCLUDED.duration_ms
 )
-SELECT id FROM finished;
+SELECT run_id AS id FROM finished;
 
 -- name: retry_run
 -- Back to the queue as the next attempt, claimable after the backoff.

@@ -127,7 +127,6 @@ class Completion:
     """The end of a run, with the record of the step that ended it (if that step is not yet written)."""
 
     run_id: UUID
-    worker: str
     status: str
     error: str | None
     outputs: dict[str, Any] | None
@@ -135,13 +134,13 @@ class Completion:
     step: StepRecord | None = None
 
 
-async def finish_many(conn: asyncpg.Connection, items: list[Completion]) -> set[UUID]:
-    """Record the end of every run in `items`; return the ids whose worker still held the lease."""
+async def finish_many(conn: asyncpg.Connection, worker: str, items: list[Completion]) -> set[UUID]:
+    """Record the end of every run in `items`; return the ids `worker` still held the lease of."""
     steps = [c.step for c in items]
     rows = await conn.fetch(
         sql("finish_runs"),
         [c.run_id for c in items],
-        [c.worker for c in items],
+        worker,
         [c.status for c in items],
         [c.error for c in items],
         [c.outputs for c in items],
