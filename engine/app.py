@@ -17,6 +17,7 @@ from uuid import UUID
 
 import asyncpg
 
+from engine import lifecycle
 from engine import runs as run_service
 from engine import tasks as task_service
 from engine.builtins import BUILTINS
@@ -24,6 +25,7 @@ from engine.downstream import DownstreamPool
 from engine.models import Agent, Run, Task
 from engine.pipeline import BUILTIN_SERVER, Executor
 from engine.registry import Registry, load_registry
+from engine.scheduler import Scheduler
 from engine.settings import Settings
 from engine.worker import Worker, worker_name
 from store import agents as agent_store
@@ -60,12 +62,21 @@ class Tools:
 class Engine:
     """What the MCP tools call. Holds no business rules of the server's."""
 
-    def __init__(self, settings: Settings, db: asyncpg.Pool, tools: Tools, owner: Agent, worker: Worker | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: asyncpg.Pool,
+        tools: Tools,
+        owner: Agent,
+        worker: Worker | None,
+        scheduler: Scheduler | None = None,
+    ) -> None:
         self.settings = settings
         self.db = db
         self.tools = tools
         self.owner = owner
         self.worker = worker
+        self.scheduler = scheduler
         self.clock = utcnow
 
     async def create_task(self, caller: Agent, arguments: dict[str, Any]) -> task_service.CreatedTask:
@@ -79,6 +90,30 @@ class Engine:
     ) -> tuple[list[Task], str | None]:
         return await task_service.list_tasks(
             self.db, status=status, schedule_kind=schedule_kind, limit=limit, cursor=cursor
+        )
+
+    async def update_task(self, caller: Agent, task_id: UUID, changes: dict[str, Any]) -> lifecycle.TaskChange:
+        return await lifecycle.update_task(self.db, self.tools, caller, task_id, changes, clock=self.clock)
+
+    async def snooze(
+        self, caller: Agent, task_id: UUID, *, seconds: float | None, until: str | None
+    ) -> lifecycle.TaskChange:
+        return await lifecycle.snooze(self.db, caller, task_id, seconds=seconds, until=until, clock=self.clock)
+
+    async def pause_task(self, caller: Agent, task_id: UUID) -> lifecycle.TaskChange:
+        return await lifecycle.pause_task(self.db, caller, task_id, clock=self.clock)
+
+    async def resume_task(self, caller: Agent, task_id: UUID) -> lifecycle.TaskChange:
+        return await lifecycle.resume_task(self.db, caller, task_id, clock=self.clock)
+
+    async def cancel_task(self, caller: Agent, task_id: UUID, *, stop_running: bool = True) -> lifecycle.CancelledTask:
+        return await lifecycle.cancel_task(self.db, caller, task_id, stop_running=stop_running, clock=self.clock)
+
+    def preview_schedule(
+        self, schedule_kind: str, schedule_expr: str, timezone: str, *, count: int, after: str | None
+    ) -> lifecycle.SchedulePreview:
+        return lifecycle.preview_schedule(
+            schedule_kind, schedule_expr, timezone, count=count, after=after, now=self.clock()
         )
 
     async def run_now(self, caller: Agent, task_id: UUID) -> Run:
@@ -150,9 +185,14 @@ class Engine:
 
 @asynccontextmanager
 async def open_engine(
-    settings: Settings, *, run_worker: bool = True, concurrency: int | None = None
+    settings: Settings,
+    *,
+    run_worker: bool = True,
+    concurrency: int | None = None,
+    run_scheduler: bool | None = None,
 ) -> AsyncIterator[Engine]:
-    """Open the database (embedded when DATABASE_URL is unset), migrate, start the worker; stop all on exit."""
+    """Open the database (embedded when DATABASE_URL is unset), migrate, start the scheduler and the worker;
+    stop all on exit. The scheduler runs wherever the worker does unless `run_scheduler` says otherwise."""
     async with AsyncExitStack() as stack:
         db, dsn = await stack.enter_async_context(
             open_database(settings.database_url, settings.data_dir, max_size=max(10, (concurrency or 0) + 4))
@@ -177,10 +217,16 @@ async def open_engine(
                 dsn=dsn,
             )
             background.append(asyncio.create_task(worker.run(), name="worker"))
-        engine = Engine(settings, db, tools, owner, worker)
+        scheduler: Scheduler | None = None
+        if run_worker if run_scheduler is None else run_scheduler:
+            scheduler = Scheduler(db, dsn=dsn)
+            background.append(asyncio.create_task(scheduler.run(), name="scheduler"))
+        engine = Engine(settings, db, tools, owner, worker, scheduler)
         try:
             yield engine
         finally:
+            if scheduler is not None:
+                await scheduler.stop()
             if worker is not None:
                 await worker.stop(settings.shutdown_grace_seconds)
             for task in background:

@@ -44,13 +44,21 @@ class CreatedTask(BaseModel):
 
 
 def next_fires(task: dict[str, Any], count: int = PREVIEW_COUNT) -> list[str]:
-    """The next `count` fire instants after the stored next fire, as ISO 8601 in the task's zone."""
-    if task["next_fire_at"] is None or task["schedule_kind"] not in schedules.TIME_KINDS:
+    """The next `count` fires that will run, from the stored next fire, as ISO 8601 in the task's zone.
+
+    A snooze hides the fires before its end; a paused or finished task has none.
+    """
+    if task["next_fire_at"] is None or task["schedule_kind"] not in schedules.TIME_KINDS or task["status"] != "active":
         return []
-    schedule = schedules.parse_schedule(
-        task["schedule_kind"], task["schedule_expr"], task["timezone"], anchor=task["created_at"]
-    )
-    first = task["next_fire_at"]
+    # update_task re-anchors a changed schedule (an rrule without DTSTART counts from then).
+    anchor = task.get("schedule_anchor") or task["created_at"]
+    schedule = schedules.parse_schedule(task["schedule_kind"], task["schedule_expr"], task["timezone"], anchor=anchor)
+    first: datetime | None = task["next_fire_at"]
+    snoozed_until = task.get("snoozed_until")
+    if first is not None and snoozed_until is not None and first < snoozed_until:
+        first = schedule.next_after(snoozed_until - timedelta(microseconds=1))
+    if first is None:
+        return []
     instants = [first, *schedule.upcoming(first, count - 1)]
     return [schedules.format_local(i, schedule.tz) for i in instants]
 

@@ -22,6 +22,7 @@ import asyncpg
 
 from engine.pipeline import Executor, RunHandle
 from store import runs as run_store
+from store.database import DATABASE_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ class Worker:
         try:
             async with self._db.acquire() as conn:
                 rows = await run_store.claim(conn, self.name, free, self._lease)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DATABASE_ERRORS as exc:
             log.warning("claim failed (%s); retrying", exc)
             await asyncio.sleep(min(self._poll, 1.0))
             return False
@@ -161,7 +162,7 @@ class Worker:
         try:
             async with self._db.acquire() as conn:
                 rows = await run_store.requeue_expired(conn)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DATABASE_ERRORS as exc:
             log.warning("lease sweep failed: %s", exc)
             return
         for row in rows:
@@ -176,8 +177,10 @@ class Worker:
             try:
                 async with self._db.acquire() as conn:
                     still = await run_store.renew_leases(conn, self.name, held, self._lease)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("lease renewal failed: %s", exc)
+            except Exception as exc:
+                # The heartbeat must outlive a database restart: a dead heartbeat loses every lease.
+                level = logging.WARNING if isinstance(exc, DATABASE_ERRORS) else logging.ERROR
+                log.log(level, "lease renewal failed (%s: %s); retrying", type(exc).__name__, exc)
                 continue
             for run_id, cancel in still.items():
                 if cancel and run_id in self._active:
@@ -205,7 +208,7 @@ class Worker:
             self._listener = await asyncpg.connect(self._dsn, timeout=10)
             await self._listener.add_listener(RUNS_CHANNEL, self._on_notify)
             await self._listener.add_listener(CANCEL_CHANNEL, self._on_notify)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DATABASE_ERRORS as exc:
             # Without notifications the worker still polls; it is only slower to react.
             log.warning("LISTEN failed (%s); polling every %.1fs", exc, self._poll)
             await self._unlisten()

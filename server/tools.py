@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 
 from engine.app import Engine
 from engine.models import Agent, Run, RunStatus, ScheduleKind, Task, TaskSpec, TaskStatus
+from server.schedule_tools import register_schedule_tools
 from server.signatures import model_parameters, with_signature
 from store.errors import PaoError
 
@@ -211,3 +212,5 @@ def register_tools(mcp: MCPServer[Any], engine: Engine, caller: Callable[[], Age
     async def health() -> Health:
         """Check that the orchestrator is up: database reachable, schema version, runs queued and running."""
         return Health.model_validate({"status": "ok", **await engine.health()})
+
+    register_schedule_tools(mcp, engine, caller)

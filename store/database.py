@@ -19,6 +19,11 @@ log = logging.getLogger(__name__)
 Connection = asyncpg.Connection
 Pool = asyncpg.Pool
 
+# What a database that is restarting or unreachable raises through asyncpg. Background loops
+# (worker, scheduler) log these and carry on; InternalClientError shows up on connections cut
+# mid-protocol, TimeoutError when a connect or a statement times out.
+DATABASE_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     # jsonb in and out as Python values; compact separators keep rows small.

@@ -158,9 +158,7 @@ async def test_a_hung_step_times_out_with_a_retryable_error_naming_the_server(
     assert "'fx'" in (run.error or "") and "within 0.5s" in (run.error or "")
 
 
-async def test_cancel_run_stops_a_running_run_between_steps(
-    database_url: str, fx_config: Path, tmp_path: Path
-) -> None:
+async def test_cancel_run_stops_a_running_run_between_steps(database_url: str, fx_config: Path, tmp_path: Path) -> None:
     marker = tmp_path / "after"
     # A long lease keeps the heartbeat out of it: the cancel must arrive by NOTIFY, within the 1 s step.
     async with engine_on(database_url, fx_config, tmp_path, lease_seconds=60) as engine:

@@ -1,0 +1,340 @@
+"""A task's life after create_task: update, snooze, pause, resume, cancel; and previewing a schedule.
+
+Each change locks the task row, writes the new state and one audit entry in one
+transaction, and NOTIFYs pao_tasks so every scheduler re-reads when to wake.
+Runs the scheduler created ahead of their instant (reservations, see
+engine.scheduler) are withdrawn whenever a change could make them wrong.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+from pydantic import BaseModel, Field
+
+from engine import fires, schedules, templates
+from engine.models import Agent, Task, TaskSpec
+from engine.tasks import (
+    KEY_ROOTS,
+    TASKS_CHANNEL,
+    Clock,
+    ToolCatalog,
+    check_pipeline,
+    first_fire,
+    schedule_anchor,
+    to_task,
+)
+from engine.validation import parse
+from store import agents as agent_store
+from store import scheduler as sched_store
+from store import tasks as task_store
+from store.errors import Conflict, InvalidArgument
+
+SCHEDULE_FIELDS = ("schedule_kind", "schedule_expr", "timezone")
+MAX_SNOOZE_SECONDS = 366 * 86_400
+_TICK = timedelta(microseconds=1)
+
+
+class TaskChange(BaseModel):
+    """A task after a life-cycle call."""
+
+    task: Task
+    changed: bool = Field(description="False when the task already was as asked: the call changed nothing.")
+    message: str = Field(description="What happened, in a sentence to repeat to the user.")
+    warnings: list[str] = Field(default_factory=list, description="What could not be checked (update_task).")
+
+
+class CancelledTask(TaskChange):
+    cancelled_runs: list[UUID] = Field(description="Queued runs that were cancelled.")
+    stopping_runs: list[UUID] = Field(description="Running runs asked to stop before their next step.")
+
+
+class FireInstant(BaseModel):
+    at: str = Field(description="ISO 8601 in the schedule's timezone, with its offset.")
+    utc: str = Field(description="The same instant in UTC.")
+    display: str = Field(description="For people: 'Mon 30 Mar 2026 08:30:00 EEST'.")
+
+
+class SchedulePreview(BaseModel):
+    schedule_kind: str
+    schedule_expr: str
+    timezone: str
+    fires: list[FireInstant]
+    note: str | None = None
+
+
+def _instant(value: datetime, tz: Any) -> FireInstant:
+    return FireInstant(
+        at=schedules.format_local(value, tz),
+        utc=value.astimezone(schedules.load_timezone("UTC")).isoformat().replace("+00:00", "Z"),
+        display=value.astimezone(tz).strftime("%a %d %b %Y %H:%M:%S %Z"),
+    )
+
+
+def _schedule_of(row: dict[str, Any]) -> schedules.Schedule:
+    anchor = row.get("schedule_anchor") or row["created_at"]
+    return schedules.parse_schedule(row["schedule_kind"], row["schedule_expr"], row["timezone"], anchor=anchor)
+
+
+def _next_text(task: Task) -> str:
+    return f"next fire {task.next_fires[0]}" if task.next_fires else "no fire scheduled"
+
+
+async def _finish(
+    conn: asyncpg.Connection, caller: Agent, action: str, row: dict[str, Any], details: dict[str, Any]
+) -> Task:
+    await agent_store.audit(
+        conn, agent_id=caller.id, action=action, target_type="task", target_id=str(row["id"]), details=details
+    )
+    await conn.execute("SELECT pg_notify($1, $2)", TASKS_CHANNEL, str(row["id"]))
+    return to_task(row)
+
+
+async def _withdraw(conn: asyncpg.Connection, row: dict[str, Any], why: str) -> datetime | None:
+    """Withdraw reservations; the task's next fire moves back to the earliest withdrawn instant."""
+    withdrawn = await sched_store.withdraw_reservations(conn, row["id"], f"withdrawn: {why}")
+    candidates = [t for t in (row["next_fire_at"], *withdrawn) if t is not None]
+    return min(candidates) if candidates else None
+
+
+def _spec_fields(row: dict[str, Any]) -> dict[str, Any]:
+    return {name: row[name] for name in TaskSpec.model_fields}
+
+
+async def update_task(
+    db: asyncpg.Pool,
+    catalog: ToolCatalog,
+    caller: Agent,
+    task_id: UUID,
+    changes: dict[str, Any],
+    *,
+    clock: Clock,
+) -> TaskChange:
+    """Change any create_task field; the result is validated exactly as create_task validates."""
+    unknown = sorted(set(changes) - set(TaskSpec.model_fields))
+    if unknown:
+        raise InvalidArgument(unknown[0], "is not a task field; update_task takes the fields of create_task")
+    if not changes:
+        raise InvalidArgument("", "nothing to change: give at least one field, e.g. schedule_expr or title")
+    # An empty dedupe_key / concurrency_key removes it (null means "unchanged" in the tool's schema).
+    changes = {k: (None if k in ("dedupe_key", "concurrency_key") and v == "" else v) for k, v in changes.items()}
+    warnings: list[str] = []
+    if "payload" in changes:
+        # Probing downstream servers can take seconds: do it before the row is locked.
+        async with db.acquire() as conn:
+            current = await task_store.get(conn, task_id)
+        warnings = await check_pipeline(parse(TaskSpec, {**_spec_fields(current), **changes}).payload, catalog)
+    now = clock()
+    async with db.acquire() as conn, conn.transaction():
+        row = await task_store.get(conn, task_id, for_update=True)
+        if row["status"] == "cancelled":
+            raise Conflict(f"task {task_id} is cancelled, which is final; create a new task instead")
+        spec = parse(TaskSpec, {**_spec_fields(row), **changes})
+        for name in ("dedupe_key", "concurrency_key"):
+            value = getattr(spec, name)
+            if name in changes and value is not None:
+                templates.check_template(value, name, KEY_ROOTS, ())
+        fields = spec.model_dump(mode="json", by_alias=True)
+        changed = sorted(name for name in fields if fields[name] != row[name])
+        fields.update(
+            status=row["status"],
+            next_fire_at=row["next_fire_at"],
+            schedule_anchor=row["schedule_anchor"],
+            snoozed_until=row["snoozed_until"],
+        )
+        rescheduled = any(name in changed for name in SCHEDULE_FIELDS)
+        if rescheduled:
+            anchor = schedule_anchor(now)
+            fields["next_fire_at"] = first_fire(spec, now=now, anchor=anchor)
+            fields["schedule_anchor"] = anchor
+            await _withdraw(conn, row, "the schedule changed")
+            if row["status"] == "completed":
+                fields["status"] = "active"  # a new schedule brings a finished task back
+        if changed:
+            row = await sched_store.update_fields(conn, task_id, fields)
+        task = await _finish(conn, caller, "update_task", row, {"fields": changed, "rescheduled": rescheduled})
+    if not changed:
+        message = "nothing changed: the task already had these values"
+    else:
+        message = f"updated {', '.join(changed)}" + (f"; {_next_text(task)}" if rescheduled else "")
+    return TaskChange(task=task, changed=bool(changed), message=message, warnings=warnings)
+
+
+def _parse_until(until: str, now: datetime) -> datetime:
+    try:
+        value = datetime.fromisoformat(until)
+    except (TypeError, ValueError):
+        raise InvalidArgument(
+            "until", f"{until!r} is not an ISO 8601 instant; e.g. '2026-03-30T08:00:00+03:00'"
+        ) from None
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidArgument("until", f"{until!r} has no UTC offset; add one, e.g. '{until}+03:00' or '{until}Z'")
+    if value <= now:
+        raise InvalidArgument("until", f"{until!r} is not in the future (now is {now.isoformat()})")
+    return value
+
+
+async def snooze(
+    db: asyncpg.Pool,
+    caller: Agent,
+    task_id: UUID,
+    *,
+    seconds: float | None,
+    until: str | None,
+    clock: Clock,
+) -> TaskChange:
+    """No fire before the snooze ends; then the schedule resumes by itself. A new snooze replaces the old."""
+    now = clock()
+    if (seconds is None) == (until is None):
+        raise InvalidArgument("seconds", "give exactly one of seconds (e.g. 3600) or until (an ISO 8601 instant)")
+    if seconds is not None:
+        if not 0 < seconds <= MAX_SNOOZE_SECONDS:
+            raise InvalidArgument("seconds", f"{seconds} must be more than 0 and at most {MAX_SNOOZE_SECONDS}")
+        end = now + timedelta(seconds=seconds)
+    else:
+        assert until is not None
+        end = _parse_until(until, now)
+    async with db.acquire() as conn, conn.transaction():
+        row = await task_store.get(conn, task_id, for_update=True)
+        if row["status"] != "active":
+            hint = {"paused": "resume_task it first", "completed": "its schedule has no fire left"}
+            raise Conflict(
+                f"task {task_id} is {row['status']}; only an active task can be snoozed"
+                + (f" ({hint[row['status']]})" if row["status"] in hint else "")
+            )
+        next_fire_at = await _withdraw(conn, row, "task snoozed")
+        row = await sched_store.set_state(conn, task_id, status="active", next_fire_at=next_fire_at, snoozed_until=end)
+        task = await _finish(conn, caller, "snooze", row, {"until": end.isoformat()})
+    local = schedules.format_local(end, schedules.load_timezone(task.timezone))
+    return TaskChange(task=task, changed=True, message=f"snoozed until {local}; {_next_text(task)}")
+
+
+async def pause_task(db: asyncpg.Pool, caller: Agent, task_id: UUID, *, clock: Clock) -> TaskChange:
+    """Stop firing until resume_task; runs already queued or running are left alone. Idempotent."""
+    async with db.acquire() as conn, conn.transaction():
+        row = await task_store.get(conn, task_id, for_update=True)
+        if row["status"] in ("cancelled", "completed"):
+            raise Conflict(f"task {task_id} is {row['status']}; there is nothing to pause")
+        if row["status"] == "paused":
+            return TaskChange(task=to_task(row), changed=False, message="already paused")
+        next_fire_at = await _withdraw(conn, row, "task paused")
+        row = await sched_store.set_state(
+            conn, task_id, status="paused", next_fire_at=next_fire_at, snoozed_until=row["snoozed_until"]
+        )
+        task = await _finish(conn, caller, "pause_task", row, {})
+    return TaskChange(task=task, changed=True, message="paused: no fire until resume_task")
+
+
+async def resume_task(db: asyncpg.Pool, caller: Agent, task_id: UUID, *, clock: Clock) -> TaskChange:
+    """Fire again from now: a paused task resumes, a snoozed one wakes early. Fires that fell in the pause
+    are not run (pausing was a decision, not an outage); one skipped run records them."""
+    now = clock()
+    async with db.acquire() as conn, conn.transaction():
+        row = await task_store.get(conn, task_id, for_update=True)
+        if row["status"] == "cancelled":
+            raise Conflict(f"task {task_id} is cancelled, which is final; create a new task instead")
+        if row["status"] == "completed":
+            raise Conflict(
+                f"task {task_id} is completed: its schedule has no fire left; give it a new one with update_task"
+            )
+        if row["status"] == "active" and row["snoozed_until"] is None:
+            return TaskChange(task=to_task(row), changed=False, message="already active")
+        schedule = _schedule_of(row)
+        upcoming = schedule.next_after(now)
+        next_fire_at = upcoming
+        summary = None
+        if row["status"] == "paused" and schedule.is_time_based and row["next_fire_at"] is not None:
+            summary = await _record_paused(conn, row, schedule, now)
+        elif row["status"] == "active" and row["next_fire_at"] is not None and upcoming is not None:
+            next_fire_at = min(row["next_fire_at"], upcoming)  # an overdue fire stays the scheduler's to decide
+        status = "active" if next_fire_at is not None or not schedule.is_time_based else "completed"
+        row = await sched_store.set_state(conn, task_id, status=status, next_fire_at=next_fire_at, snoozed_until=None)
+        task = await _finish(conn, caller, "resume_task", row, {"paused_fires": summary})
+    message = f"resumed; {_next_text(task)}" if status == "active" else "resumed, but no fire is left: completed"
+    return TaskChange(task=task, changed=True, message=message + (f" ({summary})" if summary else ""))
+
+
+async def _record_paused(
+    conn: asyncpg.Connection, row: dict[str, Any], schedule: schedules.Schedule, now: datetime
+) -> str | None:
+    """One skipped run at the newest fire that fell in the pause, saying how many did."""
+    missed = fires.between(schedule, row["next_fire_at"], now + _TICK)
+    if missed is None:
+        return None
+    last = missed.newest[-1]
+    text = fires.span(missed, missed.count, last, schedule.tz)
+    batch = sched_store.RunBatch()
+    batch.add(
+        row["id"],
+        "skipped",
+        last,
+        priority=row["priority"],
+        max_attempts=1,
+        reason=f"not run: the task was paused ({text})",
+    )
+    await sched_store.insert_runs(conn, batch)
+    return f"{text} fell in the pause and were not run" if missed.count > 1 else f"{text} fell in the pause"
+
+
+async def cancel_task(
+    db: asyncpg.Pool, caller: Agent, task_id: UUID, *, stop_running: bool, clock: Clock
+) -> CancelledTask:
+    """Final: no more fires; queued runs are cancelled, running ones asked to stop (unless stop_running=False)."""
+    async with db.acquire() as conn, conn.transaction():
+        row = await task_store.get(conn, task_id, for_update=True)
+        if row["status"] == "cancelled":
+            return CancelledTask(
+                task=to_task(row), changed=False, message="already cancelled", cancelled_runs=[], stopping_runs=[]
+            )
+        reason = f"task cancelled by {caller.name} (cancel_task)"
+        targets = [
+            r["id"] for r in await sched_store.active_runs(conn, task_id) if stop_running or r["status"] == "queued"
+        ]
+        outcome = await sched_store.cancel_runs(conn, targets, [reason] * len(targets))
+        row = await sched_store.set_state(conn, task_id, status="cancelled", next_fire_at=None, snoozed_until=None)
+        cancelled = [i for i, o in outcome.items() if o == "cancelled"]
+        stopping = [i for i, o in outcome.items() if o == "stopping"]
+        task = await _finish(
+            conn,
+            caller,
+            "cancel_task",
+            row,
+            {"cancelled_runs": [str(i) for i in cancelled], "stopping_runs": [str(i) for i in stopping]},
+        )
+    message = f"cancelled; {len(cancelled)} queued run(s) cancelled, {len(stopping)} running run(s) stopping"
+    return CancelledTask(task=task, changed=True, message=message, cancelled_runs=cancelled, stopping_runs=stopping)
+
+
+def preview_schedule(
+    schedule_kind: str, schedule_expr: str, timezone: str, *, count: int, after: str | None, now: datetime
+) -> SchedulePreview:
+    """The next `count` fires after `after` (default now), as create_task would schedule them."""
+    start: datetime | None = None
+    if after is not None:
+        try:
+            start = datetime.fromisoformat(after)
+        except ValueError:
+            raise InvalidArgument("after", f"{after!r} is not ISO 8601; e.g. '2026-03-29T00:00:00+02:00'") from None
+    expr = schedule_expr.strip()
+    # An rrule without DTSTART starts where the task would be created: at `after` when it is given.
+    aware = start is not None and start.utcoffset() is not None
+    anchor = schedule_anchor(start if start is not None and aware else now)
+    instants = schedules.preview(schedule_kind, expr, timezone, count=count, after=start, now=now, anchor=anchor)
+    tz = schedules.load_timezone(timezone)
+    note = None
+    if schedule_kind == "event":
+        note = "event tasks fire when a matching event is published, never on a clock"
+    elif schedule_kind == "condition":
+        note = "condition tasks are polled at these instants and fire when the condition holds"
+    elif not instants:
+        note = "this schedule has no fire after " + schedules.format_local(start or now, tz)
+    return SchedulePreview(
+        schedule_kind=schedule_kind,
+        schedule_expr=expr,
+        timezone=timezone,
+        fires=[_instant(i, tz) for i in instants],
+        note=note,
+    )
