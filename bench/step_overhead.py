@@ -34,6 +34,7 @@ from mcp import Client, StdioServerParameters
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from engine.app import Tools
 from engine.downstream import DownstreamPool
 from engine.pipeline import Executor, RunHandle
 from engine.registry import Registry
@@ -43,21 +44,6 @@ from store.migrate import migrate
 
 SERVER = {"command": sys.executable, "args": ["-m", "mcp_server_time", "--local-timezone", "UTC"]}
 ARGS = {"timezone": "Europe/Chisinau"}
-
-
-class _Tools:
-    """The executor's view of the pool (what engine.app.Tools provides in the product)."""
-
-    def __init__(self, pool: DownstreamPool) -> None:
-        self.pool = pool
-
-    async def tool_schema(self, server: str, tool: str) -> dict[str, Any] | None:
-        return await self.pool.tool_schema(server, tool)
-
-    async def call_tool(
-        self, server: str, tool: str, arguments: dict[str, Any], *, timeout: float | None = None
-    ) -> Any:
-        return await self.pool.call_tool(server, tool, arguments, timeout=timeout)
 
 
 async def held_run(db: asyncpg.Pool, worker: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -124,7 +110,7 @@ async def main() -> None:
             Client(StdioServerParameters(**SERVER)) as bare,  # type: ignore[arg-type]
             DownstreamPool(registry) as pool,
         ):
-            executor = Executor(db, _Tools(pool), worker=worker)
+            executor = Executor(db, Tools(registry, pool), worker=worker)
             payload = {
                 "pipeline": [{"id": "now", "uses": "time.get_current_time", "with": {"timezone": "${trigger.tz}"}}]
             }

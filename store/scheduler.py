@@ -11,6 +11,7 @@ from uuid import UUID
 import asyncpg
 
 from store.queries import sql
+from store.tasks import DEFINITION
 
 
 @dataclass
@@ -148,23 +149,7 @@ async def update_fields(conn: asyncpg.Connection, task_id: UUID, fields: dict[st
     row = await conn.fetchrow(
         sql("update_task_fields"),
         task_id,
-        fields["title"],
-        fields["description"],
-        fields["schedule_kind"],
-        fields["schedule_expr"],
-        fields["timezone"],
-        fields["payload"],
-        fields["priority"],
-        fields["dedupe_key"],
-        fields["dedupe_window_seconds"],
-        fields["max_retries"],
-        fields["backoff_strategy"],
-        fields["backoff_base_seconds"],
-        fields["backoff_max_seconds"],
-        fields["concurrency_key"],
-        fields["misfire_policy"],
-        fields["misfire_grace_seconds"],
-        fields["overlap_policy"],
+        *(fields[name] for name in DEFINITION),
         fields["status"],
         fields["next_fire_at"],
         fields["schedule_anchor"],

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+from datetime import datetime, timedelta
 from pathlib import Path
 from uuid import UUID
 
+from engine.models import Run
 from engine.pipeline import Executor
 from engine.worker import Worker
 from tests.engine.support import create, engine_on, wait_run
@@ -79,11 +81,20 @@ async def test_equal_concurrency_keys_never_run_at_once_across_workers(
     assert {r.status for r in runs} == {"succeeded"}
     keyed_runs = [r for r in runs if r.concurrency_key is not None]
     assert {r.concurrency_key for r in keyed_runs} == {"mailbox-test task"}
-    intervals = sorted((r.started_at, r.finished_at) for r in keyed_runs)  # type: ignore[type-var]
-    for (_, end), (start, _) in itertools.pairwise(intervals):
-        assert start >= end, "two runs with one concurrency key overlapped"  # type: ignore[operator]
-    unkeyed = sorted((r.started_at, r.finished_at) for r in runs if r.concurrency_key is None)  # type: ignore[type-var]
-    overlapping = sum(1 for (_, e), (s, _) in itertools.pairwise(unkeyed) if s < e)  # type: ignore[operator]
+
+    # When each run really executed: its step's own start and duration, taken by the worker around the
+    # call (runs.started_at is the claim statement's start, which may precede the previous run's end
+    # while that statement waits its turn).
+    def executing(run: Run) -> tuple[datetime, datetime]:
+        step = run.steps[0]
+        assert step.duration_ms is not None
+        return step.started_at, step.started_at + timedelta(milliseconds=step.duration_ms)
+
+    keyed = sorted(executing(r) for r in keyed_runs)
+    for (_, end), (start, _) in itertools.pairwise(keyed):
+        assert start >= end, f"two runs with one concurrency key overlapped: {keyed}"
+    unkeyed = sorted(executing(r) for r in runs if r.concurrency_key is None)
+    overlapping = sum(1 for (_, e), (s, _) in itertools.pairwise(unkeyed) if s < e)
     assert overlapping > 0, "runs without a key should run in parallel"
 
 
