@@ -9,8 +9,6 @@ never recomputed.
 from __future__ import annotations
 
 import asyncio
-import functools
-import json
 import logging
 import os
 import time
@@ -20,9 +18,9 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import asyncpg
-import jsonschema
 
 from engine import templates
+from engine.arguments import validate_arguments
 from engine.backoff import backoff_delay
 from engine.builtins import BUILTINS, PublishFn, call_builtin
 from engine.completions import Completions
@@ -63,33 +61,13 @@ class RunHandle:
             self.on_executed()
 
 
+def _scrub(value: Any, secret_values: set[str]) -> Any:
+    """`value` with the secrets a run used replaced by ***; as is when it used none (the usual case)."""
+    return templates.redact(value, secret_values) if secret_values else value
+
+
 class LeaseLost(Exception):
     """This worker no longer holds the run (its lease expired and another worker took it)."""
-
-
-@functools.lru_cache(maxsize=1024)
-def _validator(schema_json: str) -> jsonschema.protocols.Validator | None:
-    """A compiled validator per distinct schema (checking the schema itself costs more than validating)."""
-    schema = json.loads(schema_json)
-    cls = jsonschema.validators.validator_for(schema)
-    try:
-        cls.check_schema(schema)
-    except jsonschema.SchemaError:
-        # A server publishing a broken schema should not block its own tool; it judges the call.
-        return None
-    return cls(schema)
-
-
-def _validate_arguments(uses: str, schema: Mapping[str, Any] | None, arguments: dict[str, Any]) -> None:
-    if not schema:
-        return
-    validator = _validator(json.dumps(schema, sort_keys=True))
-    if validator is None:
-        return
-    error = jsonschema.exceptions.best_match(validator.iter_errors(arguments))
-    if error is not None:
-        where = "/".join(str(p) for p in error.absolute_path) or "(arguments)"
-        raise StepError(f"{uses}: invalid arguments at {where}: {error.message}", retryable=False)
 
 
 class Executor:
@@ -109,10 +87,21 @@ class Executor:
         self._worker = worker
         self._publish = publish
         self._completions = Completions(db, worker)
+        self._pipelines: dict[tuple[Any, Any], list[PipelineStep]] = {}
         # Only PAO_SECRET_* is kept: filtering the whole environment per run is measurable at 1k runs/s.
         self._environ = {
             k: v for k, v in (os.environ if environ is None else environ).items() if k.startswith("PAO_SECRET_")
         }
+
+    def _pipeline(self, run: dict[str, Any]) -> list[PipelineStep]:
+        """The task's parsed pipeline, parsed once per version of the task (a task's runs share it)."""
+        key = (run["task_id"], run.get("task_updated_at"))
+        pipeline = self._pipelines.get(key)
+        if pipeline is None:
+            if len(self._pipelines) >= 1024:
+                self._pipelines.clear()
+            pipeline = self._pipelines[key] = Payload.model_validate(run["task_payload"]).pipeline
+        return pipeline
 
     async def execute(self, handle: RunHandle) -> str:
         """Run the pipeline of a claimed run and record its outcome; return the final status."""
@@ -125,7 +114,7 @@ class Executor:
 
     async def _execute(self, handle: RunHandle) -> str:
         run = handle.run
-        pipeline = Payload.model_validate(run["task_payload"]).pipeline
+        pipeline = self._pipeline(run)
         attempt: int = run["attempt"]
         done: dict[int, Any] = {}
         if attempt > 1 or run["reason"]:
@@ -154,9 +143,7 @@ class Executor:
             outputs_by_step[step.id] = output
             if step.save_as:
                 saved[step.save_as] = output
-        await self._finish(
-            handle, "succeeded", None, templates.redact(saved, secrets.used_values()), step_record=last_record
-        )
+        await self._finish(handle, "succeeded", None, _scrub(saved, secrets.used_values()), step_record=last_record)
         return "succeeded"
 
     async def _run_step(
@@ -228,9 +215,11 @@ class Executor:
                     + ", ".join(f"pao.{name}" for name in sorted(BUILTINS)),
                     retryable=False,
                 )
-            _validate_arguments(step.uses, builtin.input_schema, arguments)
+            if templates.is_templated(step.with_):
+                # Literal arguments of a built-in were checked when the task was saved.
+                validate_arguments(step.uses, builtin.input_schema, arguments)
             return await call_builtin(step.tool, arguments, publish=self._publish)
-        _validate_arguments(step.uses, await self._tools.tool_schema(step.server, step.tool), arguments)
+        validate_arguments(step.uses, await self._tools.tool_schema(step.server, step.tool), arguments)
         result = await self._tools.call_tool(step.server, step.tool, arguments, timeout=step.timeout_seconds)
         if result.is_error:
             # The tool ran and said no. It may be transient (an API behind it is down), so retryable.
@@ -248,7 +237,7 @@ class Executor:
                 step_index=index,
                 step_id=step.id,
                 uses=step.uses,
-                input=templates.redact(arguments, secrets.used_values()),
+                input=_scrub(arguments, secrets.used_values()),
                 worker=self._worker,
             )
         if row_id is None:
@@ -275,9 +264,9 @@ class Executor:
             step_id=step.id,
             uses=step.uses,
             status=status,
-            input=templates.redact(arguments, used),
-            output=templates.redact(output, used),
-            error=templates.redact(error, used),
+            input=_scrub(arguments, used),
+            output=_scrub(output, used),
+            error=_scrub(error, used),
             started_at=started,
             duration_ms=(time.perf_counter() - t0) * 1000,
         )
@@ -300,7 +289,7 @@ class Executor:
 
     async def _fail(self, handle: RunHandle, step: PipelineStep, exc: StepError, used: set[str]) -> str:
         run = handle.run
-        message = templates.redact(f"step {step.id!r} ({step.uses}) failed: {exc}", used)
+        message = _scrub(f"step {step.id!r} ({step.uses}) failed: {exc}", used)
         if exc.retryable and run["attempt"] < run["max_attempts"]:
             delay = backoff_delay(
                 run["backoff_strategy"],

@@ -13,6 +13,7 @@ import asyncpg
 from pydantic import BaseModel
 
 from engine import schedules, templates
+from engine.arguments import validate_arguments
 from engine.builtins import BUILTINS
 from engine.models import Agent, Payload, Task, TaskSpec
 from engine.pipeline import BUILTIN_SERVER
@@ -79,6 +80,12 @@ async def check_pipeline(payload: Payload, catalog: ToolCatalog, *, probe_timeou
                     f"'{step.uses}' is not a built-in step; built-ins are: "
                     + ", ".join(f"pao.{name}" for name in sorted(BUILTINS)),
                 )
+            if not templates.is_templated(step.with_):
+                # Literal arguments are final: check them now, so the worker need not on every run.
+                try:
+                    validate_arguments(step.uses, BUILTINS[step.tool].input_schema, step.with_)
+                except StepError as exc:
+                    raise InvalidArgument(f"payload.pipeline[{index}].with", str(exc)) from None
         elif step.server not in known:
             configured = ", ".join(sorted(known)) or "none"
             raise InvalidArgument(

@@ -109,7 +109,7 @@ SET status = 'running',
 FROM picked, tasks t
 WHERE r.id = picked.id AND t.id = r.task_id
 -- The task's pipeline and retry policy come back with the run: no second round trip per run.
-RETURNING r.*, t.payload AS task_payload, t.title AS task_title, t.backoff_strategy,
+RETURNING r.*, t.payload AS task_payload, t.updated_at AS task_updated_at, t.title AS task_title, t.backoff_strategy,
           t.backoff_base_seconds, t.backoff_max_seconds;
 
 -- name: renew_leases

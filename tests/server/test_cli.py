@@ -1,0 +1,107 @@
+"""`pao migrate`, and `pao serve` over streamable HTTP and SSE with its health routes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+from mcp import Client
+from mcp.client.sse import sse_client
+
+from tests.conftest import with_database
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def get(url: str) -> tuple[int, dict[str, object]]:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return response.status, json.loads(response.read())
+
+
+def pao(args: list[str], database_url: str, tmp_path: Path, mcp_config: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "PAO_DATA_DIR": str(tmp_path / "data"),
+        "PAO_MCP_CONFIG": str(mcp_config),
+        "PAO_LOG_LEVEL": "WARNING",
+    }
+    return subprocess.Popen([sys.executable, "-m", "server.cli", *args], env=env, cwd=tmp_path, stdout=subprocess.PIPE)
+
+
+async def test_migrate_applies_once_then_reports_up_to_date(pg_dsn: str, tmp_path: Path, mcp_config: Path) -> None:
+    import asyncpg
+
+    admin = await asyncpg.connect(pg_dsn)
+    name = "pao_cli_migrate_test"
+    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = with_database(pg_dsn, name)
+        first = await asyncio.to_thread(pao(["migrate"], url, tmp_path, mcp_config).communicate, None, 60)
+        second = await asyncio.to_thread(pao(["migrate"], url, tmp_path, mcp_config).communicate, None, 60)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+    assert first[0].decode().startswith("applied 2 migration(s)")
+    assert second[0].decode().strip() == "database is up to date"
+
+
+@pytest.fixture
+def serving(database_url: str, tmp_path: Path, mcp_config: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    port = free_port()
+    proc = pao(["serve", "--transport", request.param, "--port", str(port)], database_url, tmp_path, mcp_config)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if get(f"{base}/health")[0] == 200:
+                    break
+            except (OSError, urllib.error.URLError):
+                pass
+            if proc.poll() is not None:
+                raise RuntimeError(f"pao serve exited with {proc.returncode}")
+            time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
+@pytest.mark.parametrize("serving", ["http"], indirect=True)
+async def test_streamable_http_serves_tools_and_health_routes(serving: str) -> None:
+    _, ready = await asyncio.to_thread(get, f"{serving}/health/ready")
+    live, _ = await asyncio.to_thread(get, f"{serving}/health/live")
+    assert ready["status"] == "ok" and ready["database"] == "ok"
+    assert live == 200
+    with anyio.fail_after(30):
+        async with Client(f"{serving}/mcp") as client:
+            result = await client.call_tool("health", {})
+    assert result.structured_content is not None and result.structured_content["status"] == "ok"
+
+
+@pytest.mark.parametrize("serving", ["sse"], indirect=True)
+async def test_sse_serves_tools(serving: str) -> None:
+    with anyio.fail_after(30):
+        async with Client(sse_client(f"{serving}/sse")) as client:
+            tools = {t.name for t in (await client.list_tools()).tools}
+            result = await client.call_tool("list_tasks", {})
+    assert "create_task" in tools
+    assert result.structured_content == {"tasks": [], "next_cursor": None}
