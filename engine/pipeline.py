@@ -9,10 +9,11 @@ never recomputed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -64,6 +65,32 @@ class RunHandle:
 def _scrub(value: Any, secret_values: set[str]) -> Any:
     """`value` with the secrets a run used replaced by ***; as is when it used none (the usual case)."""
     return templates.redact(value, secret_values) if secret_values else value
+
+
+RUNNING_MARK_DELAY = 0.05
+
+
+class _RunningMark:
+    """Writes a step's 'running' row if its call outlasts RUNNING_MARK_DELAY seconds."""
+
+    def __init__(self, write: Callable[[], Awaitable[int]]) -> None:
+        self._write = write
+        self._writing = False
+        self._task = asyncio.ensure_future(self._later())
+
+    async def _later(self) -> int:
+        await asyncio.sleep(RUNNING_MARK_DELAY)
+        self._writing = True
+        return await self._write()
+
+    async def settle(self) -> int | None:
+        """The row id if the row was (being) written, else None; never leaves the write half done."""
+        if not self._writing:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            return None
+        return await self._task
 
 
 class LeaseLost(Exception):
@@ -182,14 +209,13 @@ class Executor:
             if step.server == BUILTIN_SERVER:
                 output = await self._call(step, arguments)
             else:
-                # Long calls show as running in get_run while they are in flight. The row is written
-                # while the call is under way rather than before it: the step costs one round trip
-                # to Postgres less, and the lease is still checked before the outcome is recorded.
-                starting = asyncio.ensure_future(self._start_step(run, index, step, arguments, secrets))
+                # A call still going after RUNNING_MARK_DELAY shows as running in get_run. A quick one
+                # never gets that row: its outcome is its only write (or rides on the run's end).
+                mark = _RunningMark(lambda: self._start_step(run, index, step, arguments, secrets))
                 try:
                     output = await self._call(step, arguments)
                 finally:
-                    row_id = await starting
+                    row_id = await mark.settle()
         except StepError as exc:
             record = self._step_record(run, index, step, "failed", arguments, None, str(exc), started, t0, secrets)
             await self._write_step(run, record, row_id)

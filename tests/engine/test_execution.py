@@ -211,3 +211,27 @@ async def test_secrets_resolve_from_pao_secret_only_and_never_reach_storage(
     assert run.steps[0].input == {"message": "token=***"}
     assert "s3cr3t" not in run.model_dump_json()
     assert stored == 0
+
+
+async def test_a_long_step_shows_as_running_while_a_quick_one_costs_a_single_write(
+    database_url: str, fx_config: Path, tmp_path: Path
+) -> None:
+    async with engine_on(database_url, fx_config, tmp_path) as engine:
+        task_id = await create(
+            engine,
+            [
+                {"id": "quick", "uses": "fx.echo", "with": {"message": "hi"}},
+                {"id": "slow", "uses": "fx.sleep", "with": {"seconds": 1.5}},
+            ],
+        )
+        run_id = (await engine.run_now(engine.owner, task_id)).id
+        async with asyncio.timeout(30):
+            while not any(s.step_id == "slow" and s.status == "running" for s in (await engine.get_run(run_id)).steps):
+                await asyncio.sleep(0.05)
+        in_flight = await engine.get_run(run_id)
+        run = await wait_run(engine, run_id)
+    assert [(s.step_id, s.status) for s in in_flight.steps] == [("quick", "succeeded"), ("slow", "running")]
+    assert in_flight.steps[1].input == {"seconds": 1.5}
+    assert run.status == "succeeded"
+    assert [(s.step_id, s.status) for s in run.steps] == [("quick", "succeeded"), ("slow", "succeeded")]
+    assert run.steps[1].duration_ms is not None and run.steps[1].duration_ms >= 1500
