@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from store.errors import StepError
-
-PublishFn = Callable[[str, dict[str, Any], str | None], Awaitable[int]]
 
 
 @dataclass(frozen=True)
@@ -32,24 +29,10 @@ BUILTINS: dict[str, Builtin] = {
             "additionalProperties": False,
         },
     ),
-    "publish_event": Builtin(
-        "Publish an event (topic, data, optional dedupe_key); tasks with schedule_kind 'event' "
-        "on a matching topic fire. Returns {'event_id': id}.",
-        {
-            "type": "object",
-            "properties": {
-                "topic": {"type": "string", "minLength": 1},
-                "data": {"type": "object"},
-                "dedupe_key": {"type": ["string", "null"]},
-            },
-            "required": ["topic"],
-            "additionalProperties": False,
-        },
-    ),
 }
 
 
-async def call_builtin(tool: str, arguments: dict[str, Any], *, publish: PublishFn | None) -> Any:
+async def call_builtin(tool: str, arguments: dict[str, Any]) -> Any:
     """Run built-in `pao.<tool>`; arguments were validated against its schema."""
     if tool == "noop":
         return dict(arguments)
@@ -57,13 +40,5 @@ async def call_builtin(tool: str, arguments: dict[str, Any], *, publish: Publish
         seconds = float(arguments["seconds"])
         await asyncio.sleep(seconds)
         return {"slept": seconds}
-    if tool == "publish_event":
-        if publish is None:
-            raise StepError("pao.publish_event: events are not available in this process", retryable=False)
-        event_id = await publish(
-            str(arguments["topic"]), dict(arguments.get("data") or {}), arguments.get("dedupe_key")
-        )
-        return {"event_id": event_id}
-    raise StepError(
-        f"unknown built-in step 'pao.{tool}'; built-ins are: {', '.join(sorted(BUILTINS))}", retryable=False
-    )
+    known = ", ".join(f"pao.{name}" for name in sorted(BUILTINS))
+    raise StepError(f"unknown built-in step 'pao.{tool}'; built-ins are: {known}", retryable=False)

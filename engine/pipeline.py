@@ -23,7 +23,7 @@ import asyncpg
 from engine import templates
 from engine.arguments import validate_arguments
 from engine.backoff import backoff_delay
-from engine.builtins import BUILTINS, PublishFn, call_builtin
+from engine.builtins import BUILTINS, call_builtin
 from engine.completions import Completions
 from engine.models import Payload, PipelineStep
 from store import runs as run_store
@@ -106,13 +106,11 @@ class Executor:
         tools: ToolCaller,
         *,
         worker: str,
-        publish: PublishFn | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> None:
         self._db = db
         self._tools = tools
         self._worker = worker
-        self._publish = publish
         self._completions = Completions(db, worker)
         self._pipelines: dict[tuple[Any, Any], list[PipelineStep]] = {}
         # Only PAO_SECRET_* is kept: filtering the whole environment per run is measurable at 1k runs/s.
@@ -244,7 +242,7 @@ class Executor:
             if templates.is_templated(step.with_):
                 # Literal arguments of a built-in were checked when the task was saved.
                 validate_arguments(step.uses, builtin.input_schema, arguments)
-            return await call_builtin(step.tool, arguments, publish=self._publish)
+            return await call_builtin(step.tool, arguments)
         validate_arguments(step.uses, await self._tools.tool_schema(step.server, step.tool), arguments)
         result = await self._tools.call_tool(step.server, step.tool, arguments, timeout=step.timeout_seconds)
         if result.is_error:

@@ -18,10 +18,10 @@ from server.tools import register_tools
 log = logging.getLogger(__name__)
 
 INSTRUCTIONS = """\
-A durable scheduler. Create tasks that fire on a cron or RFC 5545 schedule, once, on a published event or
-when a polled condition holds; each run executes a pipeline of tool calls on the servers listed by
-list_downstream_tools. Start with preview_schedule to check a schedule, create_task to save it, run_now to
-try it, and get_run / list_runs to read what happened."""
+A durable scheduler. Create tasks that fire on a cron or RFC 5545 schedule, or once; each run executes a
+pipeline of tool calls on the servers listed by list_downstream_tools. Start with preview_schedule to
+check a schedule, create_task to save it, run_now to try it, and get_run / list_runs to read what
+happened."""
 
 
 def create_server(engine: Engine, *, caller: Agent | None = None) -> MCPServer[Any]:

@@ -113,14 +113,14 @@ def register_tools(mcp: MCPServer[Any], engine: Engine, caller: Callable[[], Age
           - rrule: RFC 5545, e.g. 'FREQ=WEEKLY;BYDAY=MO,WE;BYHOUR=8;BYMINUTE=30', optionally with a
             'DTSTART;TZID=...:YYYYMMDDTHHMMSS' line; COUNT and UNTIL are honoured.
           - once: an ISO 8601 instant ('2026-12-01T08:30:00+02:00') or a local date-time read in `timezone`.
-          - event: a topic pattern; the task fires when publish_event publishes a matching topic.
-          - condition: a poll interval in seconds.
+          - event (a topic pattern) and condition (a poll interval) are accepted and stored, but this
+            version does not fire them yet: use run_now to run such a task.
         Wall-clock times that do not exist (spring forward) fire at the same offset after the gap; times that
         occur twice (fall back) fire once, at the first occurrence. Use preview_schedule to check first.
 
         payload: {"pipeline": [step, ...]}. Each step is {"id", "uses": "<server>.<tool>", "with": {...},
         "save_as"?, "timeout_seconds"?}. 'uses' names a server from mcp.json (see list_downstream_tools) or a
-        built-in: pao.noop, pao.sleep, pao.publish_event. Values in 'with' may use templates:
+        built-in: pao.noop, pao.sleep. Values in 'with' may use templates:
         '${steps.<id>.<field>}' reads an earlier step's output, '${<save_as>}' a saved value,
         '${trigger.scheduled_for}', '${event.data...}', '${task.title}', '${run.id}', '${now}',
         '${secrets.NAME}' (from the orchestrator's PAO_SECRET_NAME). A value that is exactly one '${...}' keeps
