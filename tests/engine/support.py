@@ -5,13 +5,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import asyncpg
+
+from engine import tasks as task_service
 from engine.app import Engine, open_engine
-from engine.models import Run
+from engine.models import Agent, Run
 from engine.settings import Settings
+from store import agents as agent_store
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled", "skipped"})
 
@@ -58,3 +63,42 @@ async def wait_run(engine: Engine, run_id: UUID, *, timeout: float = 30, statuse
             if run.status in statuses:
                 return run
             await asyncio.sleep(0.05)
+
+
+# --- helpers for tests that call the engine's task services directly, with a pinned clock
+
+NOOP = {"pipeline": [{"id": "a", "uses": "pao.noop", "with": {}}]}
+
+
+class NoTools:
+    """A catalog without downstream servers: these tasks use built-in steps only."""
+
+    def server_names(self) -> list[str]:
+        return []
+
+    async def tool_schema(self, server: str, tool: str) -> dict[str, Any] | None:
+        return None
+
+
+async def owner(db: asyncpg.Pool) -> Agent:
+    async with db.acquire() as conn:
+        return Agent.model_validate(await agent_store.ensure_owner(conn))
+
+
+async def new_task(
+    db: asyncpg.Pool, expr: str, *, created: datetime, kind: str = "cron", tz: str = "Europe/Chisinau", **fields: Any
+) -> UUID:
+    """A task created as if at `created` (the schedule's anchor and first fire follow from it)."""
+    arguments = {"title": "t", "schedule_kind": kind, "schedule_expr": expr, "timezone": tz, "payload": NOOP, **fields}
+    made = await task_service.create_task(db, NoTools(), await owner(db), arguments, clock=lambda: created)
+    return made.task.id
+
+
+async def task_row(db: asyncpg.Pool, task_id: UUID) -> asyncpg.Record:
+    async with db.acquire() as conn:
+        return await conn.fetchrow("SELECT * FROM tasks WHERE id = $1", task_id)
+
+
+async def runs_of(db: asyncpg.Pool, task_id: UUID) -> list[asyncpg.Record]:
+    async with db.acquire() as conn:
+        return await conn.fetch("SELECT * FROM runs WHERE task_id = $1 ORDER BY scheduled_for", task_id)

@@ -11,47 +11,20 @@ import asyncpg
 import pytest
 
 from engine import lifecycle
-from engine import tasks as task_service
-from engine.models import Agent
 from engine.scheduler import Scheduler
-from store import agents as agent_store
 from store.errors import Conflict, InvalidArgument
+from tests.engine import support
+from tests.engine.support import NoTools, owner, runs_of, task_row
 
-NOOP = {"pipeline": [{"id": "a", "uses": "pao.noop", "with": {}}]}
 NOW = datetime(2026, 11, 26, 6, 0, tzinfo=UTC)  # 08:00 in Chisinau
-
-
-class NoTools:
-    def server_names(self) -> list[str]:
-        return []
-
-    async def tool_schema(self, server: str, tool: str) -> dict[str, Any] | None:
-        return None
 
 
 def at(instant: datetime) -> Callable[[], datetime]:
     return lambda: instant
 
 
-async def owner(db: asyncpg.Pool) -> Agent:
-    async with db.acquire() as conn:
-        return Agent.model_validate(await agent_store.ensure_owner(conn))
-
-
 async def new_task(db: asyncpg.Pool, expr: str = "30 8 * * *", kind: str = "cron", **fields: Any) -> UUID:
-    arguments = {"title": "t", "schedule_kind": kind, "schedule_expr": expr, "payload": NOOP, **fields}
-    made = await task_service.create_task(db, NoTools(), await owner(db), arguments, clock=at(NOW))
-    return made.task.id
-
-
-async def row_of(db: asyncpg.Pool, task_id: UUID) -> asyncpg.Record:
-    async with db.acquire() as conn:
-        return await conn.fetchrow("SELECT * FROM tasks WHERE id = $1", task_id)
-
-
-async def runs_of(db: asyncpg.Pool, task_id: UUID) -> list[asyncpg.Record]:
-    async with db.acquire() as conn:
-        return await conn.fetch("SELECT * FROM runs WHERE task_id = $1 ORDER BY scheduled_for", task_id)
+    return await support.new_task(db, expr, created=NOW, kind=kind, **fields)
 
 
 async def audit_actions(db: asyncpg.Pool, task_id: UUID) -> list[str]:
@@ -69,7 +42,7 @@ async def test_update_task_recomputes_the_next_fire_from_now_when_the_schedule_c
     later = NOW + timedelta(days=2)
     change = await update(db, task_id, later, schedule_expr="0 9 * * 1", timezone="Asia/Tokyo")
     assert change.changed and change.message.startswith("updated schedule_expr, timezone; next fire 2026-11-30T09:00")
-    row = await row_of(db, task_id)
+    row = await task_row(db, task_id)
     assert row["next_fire_at"] == datetime(2026, 11, 30, 0, 0, tzinfo=UTC)  # Monday 09:00 JST
     assert row["schedule_anchor"] == later
     assert change.task.next_fires[:2] == ["2026-11-30T09:00:00+09:00", "2026-12-07T09:00:00+09:00"]
@@ -78,9 +51,9 @@ async def test_update_task_recomputes_the_next_fire_from_now_when_the_schedule_c
 
 async def test_update_task_of_other_fields_keeps_the_next_fire(db: asyncpg.Pool) -> None:
     task_id = await new_task(db)
-    before = (await row_of(db, task_id))["next_fire_at"]
+    before = (await task_row(db, task_id))["next_fire_at"]
     change = await update(db, task_id, NOW + timedelta(days=3), title="new", priority=2, overlap_policy="queue")
-    row = await row_of(db, task_id)
+    row = await task_row(db, task_id)
     assert (row["title"], row["priority"], row["overlap_policy"], row["next_fire_at"]) == ("new", 2, "queue", before)
     assert change.message == "updated overlap_policy, priority, title"
     again = await update(db, task_id, title="new")
@@ -95,7 +68,7 @@ async def test_an_rrule_count_counts_again_from_the_update(db: asyncpg.Pool) -> 
 
 async def test_update_task_validates_like_create_and_writes_nothing_on_error(db: asyncpg.Pool) -> None:
     task_id = await new_task(db)
-    before = dict(await row_of(db, task_id))
+    before = dict(await task_row(db, task_id))
     cases = [
         ({"schedule_expr": "61 * * * *"}, "schedule_expr"),
         ({"timezone": "Mars/Base"}, "timezone"),
@@ -111,13 +84,13 @@ async def test_update_task_validates_like_create_and_writes_nothing_on_error(db:
         assert caught.value.field == field, (changes, caught.value)
     with pytest.raises(InvalidArgument, match="in the past"):
         await update(db, task_id, schedule_kind="once", schedule_expr="2020-01-01T00:00:00Z")
-    assert dict(await row_of(db, task_id)) == before
+    assert dict(await task_row(db, task_id)) == before
 
 
 async def test_update_task_clears_a_key_with_an_empty_string_and_refuses_a_cancelled_task(db: asyncpg.Pool) -> None:
     task_id = await new_task(db, dedupe_key="daily")
     await update(db, task_id, dedupe_key="")
-    assert (await row_of(db, task_id))["dedupe_key"] is None
+    assert (await task_row(db, task_id))["dedupe_key"] is None
     await lifecycle.cancel_task(db, await owner(db), task_id, stop_running=True, clock=at(NOW))
     with pytest.raises(Conflict, match="cancelled"):
         await update(db, task_id, title="x")
@@ -126,9 +99,9 @@ async def test_update_task_clears_a_key_with_an_empty_string_and_refuses_a_cance
 async def test_a_new_schedule_brings_a_completed_task_back(db: asyncpg.Pool) -> None:
     task_id = await new_task(db, "2026-11-26T08:30:00", kind="once")
     await Scheduler(db, clock=at(NOW + timedelta(minutes=30, seconds=1))).run_pass()
-    assert (await row_of(db, task_id))["status"] == "completed"
+    assert (await task_row(db, task_id))["status"] == "completed"
     await update(db, task_id, NOW + timedelta(hours=1), schedule_expr="2026-11-27T08:30:00")
-    row = await row_of(db, task_id)
+    row = await task_row(db, task_id)
     assert (row["status"], row["next_fire_at"]) == ("active", datetime(2026, 11, 27, 6, 30, tzinfo=UTC))
 
 
@@ -141,7 +114,7 @@ async def snooze(db: asyncpg.Pool, task_id: UUID, **how: Any) -> lifecycle.TaskC
 async def test_snooze_until_an_instant_hides_the_fires_before_it(db: asyncpg.Pool) -> None:
     task_id = await new_task(db)
     change = await snooze(db, task_id, until="2026-11-28T00:00:00+02:00")
-    row = await row_of(db, task_id)
+    row = await task_row(db, task_id)
     assert row["snoozed_until"] == datetime(2026, 11, 27, 22, 0, tzinfo=UTC)
     assert change.task.next_fires[0] == "2026-11-28T08:30:00+02:00"
     assert change.message == "snoozed until 2026-11-28T00:00:00+02:00; next fire 2026-11-28T08:30:00+02:00"

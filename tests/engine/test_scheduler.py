@@ -16,50 +16,13 @@ from uuid import UUID
 
 import asyncpg
 
-from engine import tasks as task_service
-from engine.models import Agent
 from engine.scheduler import Scheduler
-from store import agents as agent_store
 from store.database import create_pool
-
-NOOP = {"pipeline": [{"id": "a", "uses": "pao.noop", "with": {}}]}
-
-
-class NoTools:
-    """A catalog without downstream servers: these tasks use built-in steps only."""
-
-    def server_names(self) -> list[str]:
-        return []
-
-    async def tool_schema(self, server: str, tool: str) -> dict[str, Any] | None:
-        return None
+from tests.engine.support import new_task, runs_of, task_row
 
 
 def utc(*args: int) -> datetime:
     return datetime(*args, tzinfo=UTC)
-
-
-async def owner(db: asyncpg.Pool) -> Agent:
-    async with db.acquire() as conn:
-        return Agent.model_validate(await agent_store.ensure_owner(conn))
-
-
-async def new_task(
-    db: asyncpg.Pool, expr: str, *, created: datetime, kind: str = "cron", tz: str = "Europe/Chisinau", **fields: Any
-) -> UUID:
-    arguments = {"title": "t", "schedule_kind": kind, "schedule_expr": expr, "timezone": tz, "payload": NOOP, **fields}
-    made = await task_service.create_task(db, NoTools(), await owner(db), arguments, clock=lambda: created)
-    return made.task.id
-
-
-async def task_row(db: asyncpg.Pool, task_id: UUID) -> asyncpg.Record:
-    async with db.acquire() as conn:
-        return await conn.fetchrow("SELECT * FROM tasks WHERE id = $1", task_id)
-
-
-async def runs_of(db: asyncpg.Pool, task_id: UUID) -> list[asyncpg.Record]:
-    async with db.acquire() as conn:
-        return await conn.fetch("SELECT * FROM runs WHERE task_id = $1 ORDER BY scheduled_for", task_id)
 
 
 async def set_next(db: asyncpg.Pool, task_id: UUID, instant: datetime) -> None:
