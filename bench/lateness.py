@@ -29,6 +29,7 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
@@ -58,7 +59,8 @@ async def fresh_database() -> AsyncIterator[str]:
     name = f"pao_bench_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(base)
     await admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = base.rsplit("/", 1)[0] + f"/{name}"
+    parts = urlsplit(base)  # keeps ?host=... of the embedded server's socket URL
+    dsn = urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
     try:
         conn = await asyncpg.connect(dsn)
         await migrate(conn)

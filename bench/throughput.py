@@ -172,6 +172,10 @@ async def main() -> None:
         print(f"{'median':>5}  {mine:>11.0f}  {theirs:>15.0f}")
         print(f"ratio pao / pgqueuer: {mine / theirs:.2f}")
     finally:
+        admin = await asyncpg.connect(admin_dsn)
+        for name in ("pao_bench_throughput", "pgq_bench_throughput"):
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
         if embedded is not None:
             embedded.stop()
 
