@@ -195,7 +195,12 @@ async def open_engine(
     stop all on exit. The scheduler runs wherever the worker does unless `run_scheduler` says otherwise."""
     async with AsyncExitStack() as stack:
         db, dsn = await stack.enter_async_context(
-            open_database(settings.database_url, settings.data_dir, max_size=max(10, (concurrency or 0) + 4))
+            # Runs in flight each hold a connection only briefly; a few more for the scheduler and the tools.
+            open_database(
+                settings.database_url,
+                settings.data_dir,
+                max_size=max(10, (concurrency or settings.worker_concurrency) + 4),
+            )
         )
         async with db.acquire() as conn:
             await migrate(conn)

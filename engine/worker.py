@@ -141,7 +141,17 @@ class Worker:
             self._slot_free.set()
 
     async def _sleep(self) -> None:
-        await self._wait(self._wake, timeout=self._poll)
+        """Idle until a NOTIFY, the next queued run's instant (runs created ahead), or the poll interval."""
+        timeout = self._poll
+        try:
+            async with self._db.acquire() as conn:
+                due_in = await run_store.next_due_in(conn)
+        except DATABASE_ERRORS:
+            due_in = None
+        # due_in <= 0: runs are due but the claim passed over them (their keys are held); poll.
+        if due_in is not None and 0 < due_in < timeout:
+            timeout = due_in
+        await self._wait(self._wake, timeout=timeout)
         self._wake.clear()
 
     async def _wait(self, event: asyncio.Event, timeout: float | None = None) -> None:

@@ -112,6 +112,11 @@ WHERE r.id = picked.id AND t.id = r.task_id
 RETURNING r.*, t.payload AS task_payload, t.updated_at AS task_updated_at, t.title AS task_title, t.backoff_strategy,
           t.backoff_base_seconds, t.backoff_max_seconds;
 
+-- name: next_queued_due_in
+-- An idle worker sleeps until the next run created ahead of its instant becomes claimable, so it
+-- starts on time by itself (the scheduler's NOTIFY at the instant is a second, later, signal).
+SELECT extract(epoch FROM min(available_at) - now()) FROM runs WHERE status = 'queued';
+
 -- name: renew_leases
 -- Heartbeat for all runs a worker holds; returns which of them an agent asked to cancel.
 -- SKIP LOCKED: a run whose row is locked is being finished right now and needs no renewal;

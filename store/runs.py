@@ -90,6 +90,12 @@ async def claim(conn: asyncpg.Connection, worker: str, limit: int, lease_seconds
     return [dict(r) for r in rows]
 
 
+async def next_due_in(conn: asyncpg.Connection) -> float | None:
+    """Seconds (by the database clock) until the earliest queued run becomes claimable; None if none is queued."""
+    value = await conn.fetchval(sql("next_queued_due_in"))
+    return None if value is None else float(value)
+
+
 async def renew_leases(
     conn: asyncpg.Connection, worker: str, run_ids: list[UUID], lease_seconds: float
 ) -> dict[UUID, bool]:

@@ -144,3 +144,41 @@ async def test_concurrent_enqueues_with_one_dedupe_key_make_one_run(
         )
         runs = await asyncio.gather(*(engine.run_now(engine.owner, task_id) for _ in range(8)))
     assert sorted(r.status for r in runs) == ["queued"] + ["skipped"] * 7
+
+
+async def test_an_idle_worker_wakes_for_the_next_queued_instant_without_a_notify(
+    database_url: str, fx_config: Path, tmp_path: Path
+) -> None:
+    async with engine_on(database_url, fx_config, tmp_path, run_worker=False) as engine:
+        task_id = await create(engine, [{"id": "a", "uses": "pao.noop", "with": {}}])
+        worker = Worker(
+            engine.db,
+            Executor(engine.db, engine.tools, worker="w1"),
+            name="w1",
+            concurrency=1,
+            lease_seconds=5,
+            dsn=database_url,
+            poll_interval=30,  # a poll would come far too late: only the worker's own timer can start it
+        )
+        running = asyncio.create_task(worker.run())
+        try:
+            await asyncio.sleep(0.2)  # the worker is idle, sleeping
+            async with engine.db.acquire() as conn:
+                # Created ahead of its instant, as the scheduler does, and without waking anyone.
+                run_id = await conn.fetchval(
+                    "INSERT INTO runs (task_id, trigger, available_at, scheduled_for)"
+                    " VALUES ($1, 'manual', now() + interval '0.5 s', now() + interval '0.5 s') RETURNING id",
+                    task_id,
+                )
+            # The insert did not notify, and the worker went to sleep before it: poke it once so that
+            # it looks again and learns the instant, as the scheduler's NOTIFY on creation does.
+            async with engine.db.acquire() as conn:
+                await conn.execute("SELECT pg_notify('pao_runs', '')")
+            run = await wait_run(engine, run_id, timeout=10)
+        finally:
+            await worker.stop()
+            await running
+    assert run.status == "succeeded"
+    assert run.started_at is not None
+    late = (run.started_at - run.scheduled_for).total_seconds()
+    assert 0 <= late < 0.25, late
