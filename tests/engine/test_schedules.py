@@ -12,11 +12,11 @@ import pytest
 from croniter import croniter
 from dateutil.rrule import rrulestr
 
+from engine.cron import _CronRule
+from engine.rrule_sets import _Cursor
 from engine.schedules import (
     TIME_KINDS,
     Schedule,
-    _CronRule,
-    _Cursor,
     format_local,
     load_timezone,
     parse_schedule,
