@@ -36,6 +36,7 @@ from engine.runs import enqueue, key_context
 from store import scheduler as store
 from store.database import DATABASE_ERRORS
 from store.errors import PaoError
+from store.listener import Listener
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,8 @@ class Scheduler:
         self._clock = clock  # None: the database's clock (tests may pin the instant)
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._listener: asyncpg.Connection | None = None
+        # Without a DSN (tests driving run_pass) there is no LISTEN: the loop polls.
+        self._listener = Listener(dsn, [TASKS_CHANNEL], self._on_notify, wake=self._wake.set) if dsn else None
         self._releases: list[tuple[float, datetime]] = []  # heap of (loop deadline, instant)
         self.passes = 0
 
@@ -96,7 +98,8 @@ class Scheduler:
         try:
             while not self._stopping.is_set():
                 try:
-                    await self._ensure_listener()
+                    if self._listener is not None:
+                        await self._listener.ensure()
                     delay = await self._cycle()
                     backoff = 0.5
                 except asyncio.CancelledError:
@@ -105,11 +108,13 @@ class Scheduler:
                     # The scheduler must outlive Postgres restarts and its own bugs: log, back off, retry.
                     level = logging.WARNING if isinstance(exc, DATABASE_ERRORS) else logging.ERROR
                     log.log(level, "scheduler pass failed (%s: %s); retry in %.1fs", type(exc).__name__, exc, backoff)
-                    await self._drop_listener()
+                    if self._listener is not None:
+                        await self._listener.close()
                     delay, backoff = backoff, min(backoff * 2, self._max_sleep)
                 await self._sleep(delay)
         finally:
-            await self._drop_listener()
+            if self._listener is not None:
+                await self._listener.close()
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -279,32 +284,8 @@ class Scheduler:
         batch.add(task["id"], "skipped", task["next_fire_at"], priority=task["priority"], max_attempts=1, reason=reason)
         advance.add(task["id"], task["next_fire_at"], "paused", None, False)
 
-    async def _ensure_listener(self) -> None:
-        """A dedicated connection LISTENing on pao_tasks; re-made after it drops (Postgres restart)."""
-        if self._listener is not None and not self._listener.is_closed():
-            return
-        await self._drop_listener()
-        if self._dsn is not None:
-            self._listener = await asyncpg.connect(self._dsn)
-        else:
-            self._listener = await self._db.acquire()
-        self._listener.add_termination_listener(lambda _conn: self._wake.set())
-        await self._listener.add_listener(TASKS_CHANNEL, self._on_notify)
-
-    def _on_notify(self, _conn: Any, _channel: str, _pid: int, _payload: str) -> None:
+    def _on_notify(self, _channel: str, _payload: str) -> None:
         self._wake.set()
-
-    async def _drop_listener(self) -> None:
-        conn, self._listener = self._listener, None
-        if conn is None:
-            return
-        with contextlib.suppress(Exception):
-            await conn.remove_listener(TASKS_CHANNEL, self._on_notify)
-        with contextlib.suppress(Exception):
-            if self._dsn is not None:
-                await asyncio.wait_for(conn.close(), timeout=5)
-            else:
-                await self._db.release(conn)
 
 
 def _concurrency_key(task: Any, instant: datetime) -> str | None:

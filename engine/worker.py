@@ -15,7 +15,6 @@ import logging
 import os
 import socket
 import uuid
-from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -23,6 +22,7 @@ import asyncpg
 from engine.pipeline import Executor, RunHandle
 from store import runs as run_store
 from store.database import DATABASE_ERRORS
+from store.listener import Listener
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +55,11 @@ class Worker:
         self._concurrency = concurrency
         self._lease = lease_seconds
         self._poll = poll_interval
-        self._dsn = dsn
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._slot_free = asyncio.Event()
         self._active: dict[UUID, tuple[RunHandle, asyncio.Task[str]]] = {}
-        self._listener: asyncpg.Connection | None = None
-        self._listen_retry_at = 0.0
+        self._listener = Listener(dsn, [RUNS_CHANNEL, CANCEL_CHANNEL], self._on_notify, wake=self._wake.set)
         self._next_sweep = 0.0
 
     @property
@@ -73,7 +71,7 @@ class Worker:
         heartbeat = asyncio.create_task(self._heartbeat(), name=f"{self.name}-heartbeat")
         try:
             while not self._stopping.is_set():
-                await self._ensure_listening()
+                await self._listener.ensure()
                 await self._requeue_expired()
                 claimed = await self._claim_once()
                 if claimed:
@@ -83,7 +81,7 @@ class Worker:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
-            await self._unlisten()
+            await self._listener.close()
 
     async def stop(self, grace_seconds: float = 10.0) -> None:
         """Stop claiming; let running runs finish within the grace period; release the rest."""
@@ -196,7 +194,7 @@ class Worker:
                 if cancel and run_id in self._active:
                     self._active[run_id][0].cancel.set()
 
-    def _on_notify(self, _conn: Any, _pid: int, channel: str, payload: str) -> None:
+    def _on_notify(self, channel: str, payload: str) -> None:
         if channel == CANCEL_CHANNEL:
             with contextlib.suppress(ValueError):
                 entry = self._active.get(UUID(payload))
@@ -204,36 +202,3 @@ class Worker:
                     entry[0].cancel.set()
             return
         self._wake.set()
-
-    async def _ensure_listening(self) -> None:
-        """(Re)establish LISTEN; after a database restart the old connection is dead."""
-        if self._listener is not None and not self._listener.is_closed():
-            return
-        now = asyncio.get_running_loop().time()
-        if now < self._listen_retry_at:
-            return
-        await self._unlisten()
-        try:
-            # A connection of its own: LISTEN must outlive pool checkouts, and must not take a pool slot.
-            self._listener = await asyncpg.connect(self._dsn, timeout=10)
-            await self._listener.add_listener(RUNS_CHANNEL, self._on_notify)
-            await self._listener.add_listener(CANCEL_CHANNEL, self._on_notify)
-        except DATABASE_ERRORS as exc:
-            # Without notifications the worker still polls; it is only slower to react.
-            log.warning("LISTEN failed (%s); polling every %.1fs", exc, self._poll)
-            await self._unlisten()
-            self._listen_retry_at = now + 5.0
-            return
-        # Anything enqueued while we were not listening is found by the claim that follows.
-        self._wake.set()
-
-    async def _unlisten(self) -> None:
-        if self._listener is None:
-            return
-        with contextlib.suppress(Exception):
-            await self._listener.remove_listener(RUNS_CHANNEL, self._on_notify)
-            await self._listener.remove_listener(CANCEL_CHANNEL, self._on_notify)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._listener.close(), timeout=2)
-        self._listener.terminate()
-        self._listener = None
