@@ -26,6 +26,7 @@ from engine.backoff import backoff_delay
 from engine.builtins import BUILTINS, call_builtin
 from engine.completions import Completions
 from engine.models import Payload, PipelineStep
+from engine.runs import trigger_view
 from store import runs as run_store
 from store.errors import StepError
 from store.runs import Completion, StepRecord
@@ -193,11 +194,7 @@ class Executor:
                 context = templates.build_context(
                     steps=outputs_by_step,
                     saved=saved,
-                    trigger={
-                        "kind": run["trigger"],
-                        "scheduled_for": run["scheduled_for"].isoformat(),
-                        **run["trigger_data"],
-                    },
+                    trigger=trigger_view(run["trigger"], run["scheduled_for"], run["trigger_data"]),
                     task={"id": str(run["task_id"]), "title": run["task_title"]},
                     run={"id": str(run["id"]), "attempt": run["attempt"]},
                     secrets=secrets,

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -12,12 +11,18 @@ import asyncpg
 
 from engine import templates
 from engine.models import Agent, Run, RunStep
+from engine.paging import decode_cursor, page
 from store import agents as agent_store
 from store import runs as run_store
 from store import tasks as task_store
-from store.errors import Conflict, InvalidArgument
+from store.errors import Conflict
 
 Clock = Callable[[], datetime]
+
+
+def trigger_view(kind: str, scheduled_for: datetime, trigger_data: dict[str, Any]) -> dict[str, Any]:
+    """`${trigger...}` in templates: what fired the run, when it was due, and the trigger's own data."""
+    return {"kind": kind, "scheduled_for": scheduled_for.isoformat(), **trigger_data}
 
 
 def key_context(
@@ -25,7 +30,7 @@ def key_context(
 ) -> dict[str, Any]:
     """What `dedupe_key` and `concurrency_key` templates may read: the trigger, not step outputs."""
     return {
-        "trigger": {"kind": trigger, "scheduled_for": scheduled_for.isoformat(), **trigger_data},
+        "trigger": trigger_view(trigger, scheduled_for, trigger_data),
         "event": trigger_data.get("event", {}),
         "task": {"id": str(task["id"]), "title": task["title"]},
         "now": scheduled_for.isoformat(),
@@ -123,31 +128,13 @@ async def get_run(db: asyncpg.Pool, run_id: UUID) -> Run:
     return to_run(row, steps)
 
 
-def encode_cursor(created_at: datetime, row_id: UUID) -> str:
-    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{row_id}".encode()).decode()
-
-
-def decode_cursor(cursor: str | None) -> tuple[datetime, UUID] | None:
-    if not cursor:
-        return None
-    try:
-        stamp, row_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
-        return datetime.fromisoformat(stamp).astimezone(UTC), UUID(row_id)
-    except ValueError:
-        raise InvalidArgument(
-            "cursor", "is not a cursor this server returned; omit it to start from the newest"
-        ) from None
-
-
 async def list_runs(
     db: asyncpg.Pool, *, task_id: UUID | None, status: str | None, limit: int, cursor: str | None
 ) -> tuple[list[Run], str | None]:
     before = decode_cursor(cursor)
     async with db.acquire() as conn:
         rows = await run_store.list_page(conn, task_id=task_id, status=status, before=before, limit=limit + 1)
-    more = len(rows) > limit
-    rows = rows[:limit]
-    next_cursor = encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more and rows else None
+    rows, next_cursor = page(rows, limit)
     return [to_run(r) for r in rows], next_cursor
 
 

@@ -16,8 +16,8 @@ from engine import schedules, templates
 from engine.arguments import validate_arguments
 from engine.builtins import BUILTINS
 from engine.models import Agent, Payload, Task, TaskSpec
+from engine.paging import decode_cursor, page
 from engine.pipeline import BUILTIN_SERVER
-from engine.runs import decode_cursor, encode_cursor
 from engine.validation import parse
 from store import agents as agent_store
 from store import tasks as task_store
@@ -202,7 +202,5 @@ async def list_tasks(
         rows = await task_store.list_page(
             conn, status=status, schedule_kind=schedule_kind, before=before, limit=limit + 1
         )
-    more = len(rows) > limit
-    rows = rows[:limit]
-    next_cursor = encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more and rows else None
+    rows, next_cursor = page(rows, limit)
     return [to_task(r) for r in rows], next_cursor

@@ -9,10 +9,19 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from uuid import UUID
 
+from engine.app import Engine
 from engine.models import Run
 from engine.pipeline import Executor
 from engine.worker import Worker
 from tests.engine.support import create, engine_on, wait_run
+
+
+def worker_on(engine: Engine, dsn: str, name: str, *, concurrency: int, poll_interval: float = 1.0) -> Worker:
+    """A worker of our own on the engine's database, started and stopped by the test."""
+    executor = Executor(engine.db, engine.tools, worker=name)
+    return Worker(
+        engine.db, executor, name=name, concurrency=concurrency, lease_seconds=5, dsn=dsn, poll_interval=poll_interval
+    )
 
 
 async def test_busy_workers_claim_in_priority_order_then_by_due_time(
@@ -28,14 +37,7 @@ async def test_busy_workers_claim_in_priority_order_then_by_due_time(
         for p in order:
             enqueued.append((p, (await engine.run_now(engine.owner, by_priority[p])).id))
         # One slot: every claim picks exactly one run out of the whole backlog.
-        worker = Worker(
-            engine.db,
-            Executor(engine.db, engine.tools, worker="w1"),
-            name="w1",
-            concurrency=1,
-            lease_seconds=5,
-            dsn=database_url,
-        )
+        worker = worker_on(engine, database_url, "w1", concurrency=1)
         running = asyncio.create_task(worker.run())
         try:
             finished = [await wait_run(engine, run_id) for _, run_id in enqueued]
@@ -59,18 +61,7 @@ async def test_equal_concurrency_keys_never_run_at_once_across_workers(
         free = await create(engine, [{"id": "s", "uses": "pao.sleep", "with": {"seconds": 0.05}}], title="free")
         run_ids = [(await engine.run_now(engine.owner, keyed)).id for _ in range(12)]
         run_ids += [(await engine.run_now(engine.owner, free)).id for _ in range(12)]
-        workers = [
-            Worker(
-                engine.db,
-                Executor(engine.db, engine.tools, worker=f"w{i}"),
-                name=f"w{i}",
-                concurrency=4,
-                lease_seconds=5,
-                dsn=database_url,
-                poll_interval=0.05,
-            )
-            for i in range(3)
-        ]
+        workers = [worker_on(engine, database_url, f"w{i}", concurrency=4, poll_interval=0.05) for i in range(3)]
         tasks = [asyncio.create_task(w.run()) for w in workers]
         try:
             runs = [await wait_run(engine, run_id, timeout=60) for run_id in run_ids]
@@ -151,15 +142,8 @@ async def test_an_idle_worker_wakes_for_the_next_queued_instant_without_a_notify
 ) -> None:
     async with engine_on(database_url, fx_config, tmp_path, run_worker=False) as engine:
         task_id = await create(engine, [{"id": "a", "uses": "pao.noop", "with": {}}])
-        worker = Worker(
-            engine.db,
-            Executor(engine.db, engine.tools, worker="w1"),
-            name="w1",
-            concurrency=1,
-            lease_seconds=5,
-            dsn=database_url,
-            poll_interval=30,  # a poll would come far too late: only the worker's own timer can start it
-        )
+        # A poll would come far too late: only the worker's own timer can start the run on time.
+        worker = worker_on(engine, database_url, "w1", concurrency=1, poll_interval=30)
         running = asyncio.create_task(worker.run())
         try:
             await asyncio.sleep(0.2)  # the worker is idle, sleeping
