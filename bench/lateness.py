@@ -32,17 +32,16 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-
-from engine.app import Tools
-from engine.downstream import DownstreamPool
-from engine.pipeline import Executor
-from engine.registry import Registry
-from engine.scheduler import Scheduler
-from engine.worker import Worker, worker_name
-from store import agents as agent_store
-from store.database import create_pool
-from store.embedded import EmbeddedPostgres
-from store.migrate import migrate
+from pao_orchestrator.engine.app import Tools
+from pao_orchestrator.engine.downstream.pool import DownstreamPool
+from pao_orchestrator.engine.downstream.registry import Registry
+from pao_orchestrator.engine.runtime.executor import Executor
+from pao_orchestrator.engine.runtime.scheduler import Scheduler
+from pao_orchestrator.engine.runtime.worker import Worker, worker_name
+from pao_orchestrator.store import agents as agent_store
+from pao_orchestrator.store.database import create_pool
+from pao_orchestrator.store.embedded import EmbeddedPostgres
+from pao_orchestrator.store.migrate import migrate
 
 LISTENING = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'"
 PAYLOAD = {"pipeline": [{"id": "tick", "uses": "pao.noop", "with": {}}]}

@@ -34,13 +34,13 @@ from mcp import Client, StdioServerParameters
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.app import Tools
-from engine.downstream import DownstreamPool
-from engine.pipeline import Executor, RunHandle
-from engine.registry import Registry
-from store.database import create_pool
-from store.embedded import EmbeddedPostgres
-from store.migrate import migrate
+from pao_orchestrator.engine.app import Tools
+from pao_orchestrator.engine.downstream.pool import DownstreamPool
+from pao_orchestrator.engine.downstream.registry import Registry
+from pao_orchestrator.engine.runtime.executor import Executor, RunHandle
+from pao_orchestrator.store.database import create_pool
+from pao_orchestrator.store.embedded import EmbeddedPostgres
+from pao_orchestrator.store.migrate import migrate
 
 SERVER = {"command": sys.executable, "args": ["-m", "mcp_server_time", "--local-timezone", "UTC"]}
 ARGS = {"timezone": "Europe/Chisinau"}

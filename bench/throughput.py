@@ -29,9 +29,9 @@ import asyncpg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.app import open_engine
-from engine.settings import Settings
-from store.embedded import EmbeddedPostgres
+from pao_orchestrator.engine.app import open_engine
+from pao_orchestrator.engine.settings import Settings
+from pao_orchestrator.store.embedded import EmbeddedPostgres
 
 
 def database(dsn: str, name: str) -> str:
@@ -83,7 +83,9 @@ async def pao_round(admin_dsn: str, jobs: int, workers: int, concurrency: int) -
     }
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "worker", "--concurrency", str(concurrency)], env=env, cwd=ROOT
+            [sys.executable, "-m", "pao_orchestrator.server.cli", "worker", "--concurrency", str(concurrency)],
+            env=env,
+            cwd=ROOT,
         )
         for _ in range(workers)
     ]

@@ -16,22 +16,21 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
-
-from engine import lifecycle
-from engine import runs as run_service
-from engine import tasks as task_service
-from engine.builtins import BUILTINS
-from engine.downstream import DownstreamPool
-from engine.models import Agent, Run, Task
-from engine.pipeline import BUILTIN_SERVER, Executor
-from engine.registry import Registry, load_registry
-from engine.scheduler import Scheduler
-from engine.settings import Settings
-from engine.worker import Worker, worker_name
-from store import agents as agent_store
-from store.database import open_database
-from store.migrate import migrate
-from store.queries import sql
+from pao_orchestrator.engine import lifecycle
+from pao_orchestrator.engine import runs as run_service
+from pao_orchestrator.engine import tasks as task_service
+from pao_orchestrator.engine.downstream.pool import DownstreamPool
+from pao_orchestrator.engine.downstream.registry import Registry, load_registry
+from pao_orchestrator.engine.models import Agent, Run, Task
+from pao_orchestrator.engine.runtime.builtins import BUILTINS
+from pao_orchestrator.engine.runtime.executor import BUILTIN_SERVER, Executor
+from pao_orchestrator.engine.runtime.scheduler import Scheduler
+from pao_orchestrator.engine.runtime.worker import Worker, worker_name
+from pao_orchestrator.engine.settings import Settings
+from pao_orchestrator.store import agents as agent_store
+from pao_orchestrator.store.database import open_database
+from pao_orchestrator.store.migrate import migrate
+from pao_orchestrator.store.queries import sql
 
 log = logging.getLogger(__name__)
 

@@ -13,11 +13,10 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
-from pydantic import BaseModel, Field
-
-from engine import fires, schedules, templates
-from engine.models import Agent, Task, TaskSpec
-from engine.tasks import (
+from pao_orchestrator.engine.models import Agent, Task, TaskSpec
+from pao_orchestrator.engine.runtime import fires
+from pao_orchestrator.engine.schedule import schedule as schedules
+from pao_orchestrator.engine.tasks import (
     KEY_ROOTS,
     TASKS_CHANNEL,
     Clock,
@@ -27,11 +26,13 @@ from engine.tasks import (
     schedule_anchor,
     to_task,
 )
-from engine.validation import parse
-from store import agents as agent_store
-from store import scheduler as sched_store
-from store import tasks as task_store
-from store.errors import Conflict, InvalidArgument
+from pao_orchestrator.engine.templating import render as templates
+from pao_orchestrator.engine.validation import parse
+from pao_orchestrator.errors import Conflict, InvalidArgument
+from pao_orchestrator.store import agents as agent_store
+from pao_orchestrator.store import scheduler as sched_store
+from pao_orchestrator.store import tasks as task_store
+from pydantic import BaseModel, Field
 
 SCHEDULE_FIELDS = ("schedule_kind", "schedule_expr", "timezone")
 MAX_SNOOZE_SECONDS = 366 * 86_400

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 from uuid import UUID
 
-from store.errors import InvalidArgument
+from pao_orchestrator.errors import InvalidArgument
 
 R = TypeVar("R", bound=dict[str, Any])
 

@@ -8,14 +8,13 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
-
-from engine import templates
-from engine.models import Agent, Run, RunStep
-from engine.paging import decode_cursor, page
-from store import agents as agent_store
-from store import runs as run_store
-from store import tasks as task_store
-from store.errors import Conflict
+from pao_orchestrator.engine.models import Agent, Run, RunStep
+from pao_orchestrator.engine.paging import decode_cursor, page
+from pao_orchestrator.engine.templating import render as templates
+from pao_orchestrator.errors import Conflict
+from pao_orchestrator.store import agents as agent_store
+from pao_orchestrator.store import runs as run_store
+from pao_orchestrator.store import tasks as task_store
 
 Clock = Callable[[], datetime]
 

@@ -10,18 +10,18 @@ from typing import Any, Protocol
 from uuid import UUID
 
 import asyncpg
+from pao_orchestrator.engine.models import Agent, Payload, Task, TaskSpec
+from pao_orchestrator.engine.paging import decode_cursor, page
+from pao_orchestrator.engine.runtime.arguments import validate_arguments
+from pao_orchestrator.engine.runtime.builtins import BUILTINS
+from pao_orchestrator.engine.runtime.executor import BUILTIN_SERVER
+from pao_orchestrator.engine.schedule import schedule as schedules
+from pao_orchestrator.engine.templating import render as templates
+from pao_orchestrator.engine.validation import parse
+from pao_orchestrator.errors import InvalidArgument, StepError
+from pao_orchestrator.store import agents as agent_store
+from pao_orchestrator.store import tasks as task_store
 from pydantic import BaseModel
-
-from engine import schedules, templates
-from engine.arguments import validate_arguments
-from engine.builtins import BUILTINS
-from engine.models import Agent, Payload, Task, TaskSpec
-from engine.paging import decode_cursor, page
-from engine.pipeline import BUILTIN_SERVER
-from engine.validation import parse
-from store import agents as agent_store
-from store import tasks as task_store
-from store.errors import InvalidArgument, StepError
 
 log = logging.getLogger(__name__)
 

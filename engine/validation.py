@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
+from pao_orchestrator.errors import InvalidArgument
 from pydantic import BaseModel, ValidationError
-
-from store.errors import InvalidArgument
 
 M = TypeVar("M", bound=BaseModel)
 

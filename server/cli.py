@@ -13,12 +13,12 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from engine.app import open_engine
-from engine.settings import Settings
-from server.app import create_server, serve
-from store.database import open_database
-from store.errors import PaoError
-from store.migrate import migrate
+from pao_orchestrator.engine.app import open_engine
+from pao_orchestrator.engine.settings import Settings
+from pao_orchestrator.errors import PaoError
+from pao_orchestrator.server.app import create_server, serve
+from pao_orchestrator.store.database import open_database
+from pao_orchestrator.store.migrate import migrate
 
 log = logging.getLogger("pao")
 

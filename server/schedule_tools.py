@@ -14,13 +14,12 @@ from uuid import UUID
 
 from mcp.server.mcpserver import MCPServer
 from mcp_types import ToolAnnotations
+from pao_orchestrator.engine.app import Engine
+from pao_orchestrator.engine.lifecycle import CancelledTask, SchedulePreview, TaskChange
+from pao_orchestrator.engine.models import DEFAULT_TIMEZONE, Agent, ScheduleKind, TaskSpec
+from pao_orchestrator.engine.schedule.schedule import MAX_PREVIEW
+from pao_orchestrator.server.signatures import with_signature
 from pydantic import Field
-
-from engine.app import Engine
-from engine.lifecycle import CancelledTask, SchedulePreview, TaskChange
-from engine.models import DEFAULT_TIMEZONE, Agent, ScheduleKind, TaskSpec
-from engine.schedules import MAX_PREVIEW
-from server.signatures import with_signature
 
 TaskId = Annotated[UUID, Field(description="The task's id, as create_task or list_tasks returned it.")]
 # Pausing a paused task or resuming an active one changes nothing: say so to clients that retry.
@@ -41,7 +40,7 @@ def _update_parameters() -> list[inspect.Parameter]:
 def register_schedule_tools(mcp: MCPServer[Any], engine: Engine, caller: Callable[[], Agent]) -> None:
     """Register update_task, snooze, pause_task, resume_task, cancel_task and preview_schedule."""
     # Imported here, not at the top: server.tools imports this module to call this function.
-    from server.tools import CANCEL, READ, WRITE, tool_errors
+    from pao_orchestrator.server.tools import CANCEL, READ, WRITE, tool_errors
 
     async def update_task(task_id: UUID, **fields: Any) -> TaskChange:
         """Change any field of a task, like create_task takes them; omit (or pass null for) what stays.

@@ -17,13 +17,12 @@ from uuid import UUID
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import ToolAnnotations
+from pao_orchestrator.engine.app import Engine
+from pao_orchestrator.engine.models import Agent, Run, RunStatus, ScheduleKind, Task, TaskSpec, TaskStatus
+from pao_orchestrator.errors import PaoError
+from pao_orchestrator.server.schedule_tools import register_schedule_tools
+from pao_orchestrator.server.signatures import model_parameters, with_signature
 from pydantic import BaseModel, Field
-
-from engine.app import Engine
-from engine.models import Agent, Run, RunStatus, ScheduleKind, Task, TaskSpec, TaskStatus
-from server.schedule_tools import register_schedule_tools
-from server.signatures import model_parameters, with_signature
-from store.errors import PaoError
 
 P = ParamSpec("P")
 R = TypeVar("R")

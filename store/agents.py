@@ -6,8 +6,7 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
-
-from store.queries import sql
+from pao_orchestrator.store.queries import sql
 
 
 async def ensure_owner(conn: asyncpg.Connection) -> dict[str, Any]:

@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-
-from store.embedded import EmbeddedPostgres
-from store.errors import StoreUnavailable
+from pao_orchestrator.errors import StoreUnavailable
+from pao_orchestrator.store.embedded import EmbeddedPostgres
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,7 @@
-"""Apply `migrations/NNNN_name.sql` in order, each exactly once.
+"""Apply the migrations shipped in `pao_orchestrator.migrations` (NNNN_name.sql) in order, each exactly once.
+
+They are package data, read with `importlib.resources`, so a wheel migrates
+exactly as a work tree does. Finding none is a packaging error, not "up to date".
 
 Two processes starting together are safe: the runner holds a session advisory
 lock while it reads what ran and applies what did not, so the second process
@@ -11,15 +14,15 @@ import hashlib
 import logging
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 
 import asyncpg
-
-from store.errors import PaoError
+from pao_orchestrator.errors import PaoError
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS: Traversable = files("pao_orchestrator.migrations")
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 # Arbitrary constant: "pao" in ASCII, the key of the migration advisory lock.
 _LOCK_KEY = 0x70616F
@@ -36,21 +39,26 @@ class Migration:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
 
-def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
-    """The migration files in version order; a gap or a stray name is a packaging bug."""
+def discover(directory: Traversable = MIGRATIONS) -> list[Migration]:
+    """The migration files in version order; none at all, a gap or a stray name is a packaging bug."""
     found: list[Migration] = []
-    for path in sorted(directory.glob("*.sql")):
+    for path in sorted((p for p in directory.iterdir() if p.name.endswith(".sql")), key=lambda p: p.name):
         match = _NAME.match(path.name)
         if not match:
             raise PaoError(f"migration file {path.name!r} does not match NNNN_name.sql")
-        found.append(Migration(int(match.group(1)), match.group(2), path.read_text()))
+        found.append(Migration(int(match.group(1)), match.group(2), path.read_text(encoding="utf-8")))
+    if not found:
+        raise PaoError(
+            f"no migration found in {directory}: the installation is incomplete (the package ships "
+            "its migrations as NNNN_name.sql files); reinstall pao-orchestrator"
+        )
     for expected, migration in enumerate(found, start=1):
         if migration.version != expected:
             raise PaoError(f"migrations must be numbered 0001, 0002, ... without gaps; found {migration.version:04d}")
     return found
 
 
-async def migrate(conn: asyncpg.Connection, directory: Path = MIGRATIONS_DIR) -> list[int]:
+async def migrate(conn: asyncpg.Connection, directory: Traversable = MIGRATIONS) -> list[int]:
     """Apply pending migrations; return the versions applied now."""
     migrations = discover(directory)
     await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)

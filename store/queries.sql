@@ -45,7 +45,7 @@ WITH inserted AS (
             CASE WHEN $2 IN ('skipped', 'cancelled') THEN now() END)
     RETURNING *
 ), wake AS (
-    SELECT pg_notify('pao_runs', '') FROM inserted WHERE inserted.status = 'queued'
+    SELECT pg_notify(:RUNS_CHANNEL, '') FROM inserted WHERE inserted.status = 'queued'
 )
 SELECT inserted.* FROM inserted LEFT JOIN wake ON true;
 
@@ -283,6 +283,6 @@ WITH flagged AS (
     WHERE id = $1 AND status = 'running'
     RETURNING *
 ), wake AS (
-    SELECT pg_notify('pao_cancel', flagged.id::text) FROM flagged
+    SELECT pg_notify(:CANCEL_CHANNEL, flagged.id::text) FROM flagged
 )
 SELECT flagged.* FROM flagged LEFT JOIN wake ON true;

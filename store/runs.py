@@ -8,9 +8,8 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
-
-from store.errors import NotFound
-from store.queries import sql
+from pao_orchestrator.errors import NotFound
+from pao_orchestrator.store.queries import sql
 
 
 async def insert(

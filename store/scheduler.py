@@ -9,9 +9,8 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
-
-from store.queries import sql
-from store.tasks import DEFINITION
+from pao_orchestrator.store.queries import sql
+from pao_orchestrator.store.tasks import DEFINITION
 
 
 @dataclass

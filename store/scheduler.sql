@@ -54,7 +54,7 @@ WITH input AS (
     ON CONFLICT (task_id, scheduled_for) WHERE trigger = 'schedule' DO NOTHING
     RETURNING id, task_id, status, scheduled_for
 ), wake AS (
-    SELECT pg_notify('pao_runs', '')
+    SELECT pg_notify(:RUNS_CHANNEL, '')
     WHERE EXISTS (SELECT 1 FROM inserted WHERE status = 'queued' AND scheduled_for <= now())
 )
 SELECT inserted.* FROM inserted LEFT JOIN wake ON true;
@@ -87,7 +87,7 @@ SELECT (SELECT min(next_fire_at) FROM tasks
 -- reached $1 (their claim compares available_at with now(), so an early NOTIFY would find
 -- nothing). Returns the clock, and whether it notified.
 WITH clock AS (SELECT clock_timestamp() AS now),
-notified AS (SELECT pg_notify('pao_runs', '') FROM clock WHERE clock.now >= $1)
+notified AS (SELECT pg_notify(:RUNS_CHANNEL, '') FROM clock WHERE clock.now >= $1)
 SELECT clock.now, (SELECT count(*) FROM notified) > 0 AS notified FROM clock;
 
 -- name: cancel_runs
@@ -109,7 +109,7 @@ WITH input AS (
     WHERE r.id = input.id AND r.status = 'running' AND NOT r.cancel_requested
     RETURNING r.id, 'stopping'::text AS outcome
 ), wake AS (
-    SELECT pg_notify('pao_cancel', running.id::text) FROM running
+    SELECT pg_notify(:CANCEL_CHANNEL, running.id::text) FROM running
 )
 SELECT id, outcome FROM queued
 UNION ALL

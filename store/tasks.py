@@ -7,9 +7,8 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
-
-from store.errors import NotFound
-from store.queries import sql
+from pao_orchestrator.errors import NotFound
+from pao_orchestrator.store.queries import sql
 
 # A task's definition (what create_task and update_task set), in the order insert_task and
 # update_task_fields take them.

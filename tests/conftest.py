@@ -18,10 +18,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
-
-from store.database import create_pool
-from store.embedded import EmbeddedPostgres
-from store.migrate import migrate
+from pao_orchestrator.store.database import create_pool
+from pao_orchestrator.store.embedded import EmbeddedPostgres
+from pao_orchestrator.store.migrate import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -105,7 +104,7 @@ def mcp_config(tmp_path: Path) -> Path:
     return path
 
 
-FIXTURE_SERVER = ROOT / "tests" / "engine" / "fixtures" / "fixture_server.py"
+FIXTURE_SERVER = ROOT / "tests" / "engine" / "downstream" / "fixtures" / "fixture_server.py"
 
 
 @pytest.fixture

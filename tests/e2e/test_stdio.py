@@ -42,7 +42,9 @@ def server_params(database_url: str, mcp_config: Path, tmp_path: Path) -> StdioS
         "PAO_DATA_DIR": str(tmp_path / "data"),
         "PAO_LOG_LEVEL": "WARNING",
     }
-    return StdioServerParameters(command=sys.executable, args=["-m", "server.cli", "serve"], env=env, cwd=str(tmp_path))
+    return StdioServerParameters(
+        command=sys.executable, args=["-m", "pao_orchestrator.server.cli", "serve"], env=env, cwd=str(tmp_path)
+    )
 
 
 async def call(client: Client, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:

@@ -13,9 +13,9 @@ from uuid import UUID
 
 import asyncpg
 import pytest
+from pao_orchestrator.store.embedded import EmbeddedPostgres
+from pao_orchestrator.store.migrate import migrate
 
-from store.embedded import EmbeddedPostgres
-from store.migrate import migrate
 from tests.engine.support import create, engine_on, wait_run
 
 LEASE = "1.5"
@@ -32,7 +32,7 @@ def start_worker(database_url: str, mcp_config: Path, tmp_path: Path, name: str,
     }
     with open(tmp_path / f"{name}.log", "wb") as log:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "worker", "--concurrency", "4"],
+            [sys.executable, "-m", "pao_orchestrator.server.cli", "worker", "--concurrency", "4"],
             env=environ,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -11,12 +11,11 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
-
-from engine import tasks as task_service
-from engine.app import Engine, open_engine
-from engine.models import Agent, Run
-from engine.settings import Settings
-from store import agents as agent_store
+from pao_orchestrator.engine import tasks as task_service
+from pao_orchestrator.engine.app import Engine, open_engine
+from pao_orchestrator.engine.models import Agent, Run
+from pao_orchestrator.engine.settings import Settings
+from pao_orchestrator.store import agents as agent_store
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled", "skipped"})
 

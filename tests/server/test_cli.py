@@ -41,7 +41,9 @@ def pao(args: list[str], database_url: str, tmp_path: Path, mcp_config: Path) ->
         "PAO_MCP_CONFIG": str(mcp_config),
         "PAO_LOG_LEVEL": "WARNING",
     }
-    return subprocess.Popen([sys.executable, "-m", "server.cli", *args], env=env, cwd=tmp_path, stdout=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pao_orchestrator.server.cli", *args], env=env, cwd=tmp_path, stdout=subprocess.PIPE
+    )
 
 
 async def test_migrate_applies_once_then_reports_up_to_date(pg_dsn: str, tmp_path: Path, mcp_config: Path) -> None:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from pao_orchestrator.errors import PaoError
+from pao_orchestrator.store.migrate import discover, migrate
+from pao_orchestrator.store.queries import names, sql
 
-from store.errors import PaoError
-from store.migrate import discover, migrate
-from store.queries import names, sql
 from tests.conftest import with_database
 
 FIXED_TABLES = {"agents", "tasks", "runs", "run_steps", "events", "audit_log", "schema_migrations"}

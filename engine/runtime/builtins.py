@@ -1,0 +1,44 @@
+"""Built-in steps of the reserved server `pao`: they need no downstream process."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from pao_orchestrator.errors import StepError
+
+
+@dataclass(frozen=True)
+class Builtin:
+    description: str
+    input_schema: dict[str, Any]
+
+
+BUILTINS: dict[str, Builtin] = {
+    "noop": Builtin(
+        "Do nothing and return the arguments it was given (useful to shape data between steps).",
+        {"type": "object", "additionalProperties": True},
+    ),
+    "sleep": Builtin(
+        "Wait `seconds` (0..3600) and return {'slept': seconds}.",
+        {
+            "type": "object",
+            "properties": {"seconds": {"type": "number", "minimum": 0, "maximum": 3600}},
+            "required": ["seconds"],
+            "additionalProperties": False,
+        },
+    ),
+}
+
+
+async def call_builtin(tool: str, arguments: dict[str, Any]) -> Any:
+    """Run built-in `pao.<tool>`; arguments were validated against its schema."""
+    if tool == "noop":
+        return dict(arguments)
+    if tool == "sleep":
+        seconds = float(arguments["seconds"])
+        await asyncio.sleep(seconds)
+        return {"slept": seconds}
+    known = ", ".join(f"pao.{name}" for name in sorted(BUILTINS))
+    raise StepError(f"unknown built-in step 'pao.{tool}'; built-ins are: {known}", retryable=False)

@@ -1,0 +1,355 @@
+"""Execute one claimed run: render each step, call its tool, record what happened.
+
+Every step is written to `run_steps` as soon as it ends, so a crash loses at
+most the step in flight. A retry (or a run taken over after a lost lease)
+resumes at the first step that has not succeeded; earlier outputs are reused,
+never recomputed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import asyncpg
+from pao_orchestrator.engine.models import Payload, PipelineStep
+from pao_orchestrator.engine.runs import trigger_view
+from pao_orchestrator.engine.runtime.arguments import validate_arguments
+from pao_orchestrator.engine.runtime.backoff import backoff_delay
+from pao_orchestrator.engine.runtime.builtins import BUILTINS, call_builtin
+from pao_orchestrator.engine.runtime.completions import Completions
+from pao_orchestrator.engine.templating import render as templates
+from pao_orchestrator.errors import StepError
+from pao_orchestrator.store import runs as run_store
+from pao_orchestrator.store.runs import Completion, StepRecord
+
+log = logging.getLogger(__name__)
+
+BUILTIN_SERVER = "pao"
+
+
+class ToolCaller(Protocol):
+    """What the executor needs from the downstream pool."""
+
+    async def call_tool(
+        self, server: str, tool: str, arguments: dict[str, Any], *, timeout: float | None = None
+    ) -> Any: ...
+
+    async def tool_schema(self, server: str, tool: str) -> dict[str, Any] | None: ...
+
+
+@dataclass
+class RunHandle:
+    """A run this worker holds, and the flag an agent's cancel_run sets."""
+
+    run: dict[str, Any]
+    cancel: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set once the pipeline has stopped executing and only its record remains to be committed:
+    # the worker may start another run in this slot while the group commit is in flight.
+    executed: asyncio.Event = field(default_factory=asyncio.Event)
+    on_executed: Callable[[], None] | None = None
+
+    def mark_executed(self) -> None:
+        self.executed.set()
+        if self.on_executed is not None:
+            self.on_executed()
+
+
+def _scrub(value: Any, secret_values: set[str]) -> Any:
+    """`value` with the secrets a run used replaced by ***; as is when it used none (the usual case)."""
+    return templates.redact(value, secret_values) if secret_values else value
+
+
+RUNNING_MARK_DELAY = 0.05
+
+
+class _RunningMark:
+    """Writes a step's 'running' row if its call outlasts RUNNING_MARK_DELAY seconds."""
+
+    def __init__(self, write: Callable[[], Awaitable[int]]) -> None:
+        self._write = write
+        self._writing = False
+        self._task = asyncio.ensure_future(self._later())
+
+    async def _later(self) -> int:
+        await asyncio.sleep(RUNNING_MARK_DELAY)
+        self._writing = True
+        return await self._write()
+
+    async def settle(self) -> int | None:
+        """The row id if the row was (being) written, else None; never leaves the write half done."""
+        if not self._writing:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            return None
+        return await self._task
+
+
+class LeaseLost(Exception):
+    """This worker no longer holds the run (its lease expired and another worker took it)."""
+
+
+class Executor:
+    """Runs pipelines for one worker."""
+
+    def __init__(
+        self,
+        db: asyncpg.Pool,
+        tools: ToolCaller,
+        *,
+        worker: str,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self._db = db
+        self._tools = tools
+        self._worker = worker
+        self._completions = Completions(db, worker)
+        self._pipelines: dict[tuple[Any, Any], list[PipelineStep]] = {}
+        # Only PAO_SECRET_* is kept: filtering the whole environment per run is measurable at 1k runs/s.
+        self._environ = {
+            k: v for k, v in (os.environ if environ is None else environ).items() if k.startswith("PAO_SECRET_")
+        }
+
+    def _pipeline(self, run: dict[str, Any]) -> list[PipelineStep]:
+        """The task's parsed pipeline, parsed once per version of the task (a task's runs share it)."""
+        key = (run["task_id"], run.get("task_updated_at"))
+        pipeline = self._pipelines.get(key)
+        if pipeline is None:
+            if len(self._pipelines) >= 1024:
+                self._pipelines.clear()
+            pipeline = self._pipelines[key] = Payload.model_validate(run["task_payload"]).pipeline
+        return pipeline
+
+    async def execute(self, handle: RunHandle) -> str:
+        """Run the pipeline of a claimed run and record its outcome; return the final status."""
+        run = handle.run
+        try:
+            return await self._execute(handle)
+        except LeaseLost:
+            log.warning("run %s: lease lost to another worker; abandoning this copy", run["id"])
+            return "lost"
+
+    async def _execute(self, handle: RunHandle) -> str:
+        run = handle.run
+        pipeline = self._pipeline(run)
+        attempt: int = run["attempt"]
+        done: dict[int, Any] = {}
+        if attempt > 1 or run["reason"]:
+            # A retry, or a run taken over from a worker that died: resume after what succeeded.
+            async with self._db.acquire() as conn:
+                done = await run_store.previous_outputs(conn, run["id"])
+        secrets = templates.Secrets(self._environ)
+        outputs_by_step: dict[str, Any] = {}
+        saved: dict[str, Any] = {}
+        last_record: StepRecord | None = None
+        for index, step in enumerate(pipeline):
+            if handle.cancel.is_set():
+                await self._finish(handle, "cancelled", None, saved, reason="cancelled by cancel_run between steps")
+                return "cancelled"
+            if index in done:
+                output = done[index]
+            else:
+                # The last step's record rides along with the run's completion: one write, not two.
+                defer = index == len(pipeline) - 1
+                try:
+                    output, last_record = await self._run_step(
+                        run, index, step, outputs_by_step, saved, secrets, defer=defer
+                    )
+                except StepError as exc:
+                    return await self._fail(handle, step, exc, secrets.used_values())
+            outputs_by_step[step.id] = output
+            if step.save_as:
+                saved[step.save_as] = output
+        await self._finish(handle, "succeeded", None, _scrub(saved, secrets.used_values()), step_record=last_record)
+        return "succeeded"
+
+    async def _run_step(
+        self,
+        run: dict[str, Any],
+        index: int,
+        step: PipelineStep,
+        outputs_by_step: dict[str, Any],
+        saved: dict[str, Any],
+        secrets: templates.Secrets,
+        *,
+        defer: bool,
+    ) -> tuple[Any, StepRecord | None]:
+        """Run one step; return its output and, when `defer` is set, its record for the caller to write."""
+        started = datetime.now(UTC)
+        t0 = time.perf_counter()
+        arguments: Any = None
+        row_id: int | None = None
+        try:
+            arguments = step.with_
+            if templates.is_templated(arguments):
+                context = templates.build_context(
+                    steps=outputs_by_step,
+                    saved=saved,
+                    trigger=trigger_view(run["trigger"], run["scheduled_for"], run["trigger_data"]),
+                    task={"id": str(run["task_id"]), "title": run["task_title"]},
+                    run={"id": str(run["id"]), "attempt": run["attempt"]},
+                    secrets=secrets,
+                    now=started,
+                )
+                arguments = templates.render(arguments, context)
+            if step.server == BUILTIN_SERVER:
+                output = await self._call(step, arguments)
+            else:
+                # A call still going after RUNNING_MARK_DELAY shows as running in get_run. A quick one
+                # never gets that row: its outcome is its only write (or rides on the run's end).
+                mark = _RunningMark(lambda: self._start_step(run, index, step, arguments, secrets))
+                try:
+                    output = await self._call(step, arguments)
+                finally:
+                    row_id = await mark.settle()
+        except StepError as exc:
+            record = self._step_record(run, index, step, "failed", arguments, None, str(exc), started, t0, secrets)
+            await self._write_step(run, record, row_id)
+            raise
+        record = self._step_record(run, index, step, "succeeded", arguments, output, None, started, t0, secrets)
+        if defer:
+            # finish_runs upserts this record over the 'running' row, in the run's completion write.
+            return output, record
+        await self._write_step(run, record, row_id)
+        return output, None
+
+    async def _call(self, step: PipelineStep, arguments: Any) -> Any:
+        if not isinstance(arguments, dict):
+            raise StepError(
+                f"{step.uses}: 'with' must render to an object, got {type(arguments).__name__}",
+                retryable=False,
+            )
+        if step.server == BUILTIN_SERVER:
+            builtin = BUILTINS.get(step.tool)
+            if builtin is None:
+                raise StepError(
+                    f"unknown built-in step {step.uses!r}; built-ins are: "
+                    + ", ".join(f"pao.{name}" for name in sorted(BUILTINS)),
+                    retryable=False,
+                )
+            if templates.is_templated(step.with_):
+                # Literal arguments of a built-in were checked when the task was saved.
+                validate_arguments(step.uses, builtin.input_schema, arguments)
+            return await call_builtin(step.tool, arguments)
+        validate_arguments(step.uses, await self._tools.tool_schema(step.server, step.tool), arguments)
+        result = await self._tools.call_tool(step.server, step.tool, arguments, timeout=step.timeout_seconds)
+        if result.is_error:
+            # The tool ran and said no. It may be transient (an API behind it is down), so retryable.
+            raise StepError(f"{step.uses} returned an error: {result.text}", retryable=True)
+        return result.value
+
+    async def _start_step(
+        self, run: dict[str, Any], index: int, step: PipelineStep, arguments: Any, secrets: templates.Secrets
+    ) -> int:
+        async with self._db.acquire() as conn:
+            row_id = await run_store.start_step(
+                conn,
+                run_id=run["id"],
+                attempt=run["attempt"],
+                step_index=index,
+                step_id=step.id,
+                uses=step.uses,
+                input=_scrub(arguments, secrets.used_values()),
+                worker=self._worker,
+            )
+        if row_id is None:
+            raise LeaseLost
+        return row_id
+
+    @staticmethod
+    def _step_record(
+        run: dict[str, Any],
+        index: int,
+        step: PipelineStep,
+        status: str,
+        arguments: Any,
+        output: Any,
+        error: str | None,
+        started: datetime,
+        t0: float,
+        secrets: templates.Secrets,
+    ) -> StepRecord:
+        used = secrets.used_values()
+        return StepRecord(
+            attempt=run["attempt"],
+            step_index=index,
+            step_id=step.id,
+            uses=step.uses,
+            status=status,
+            input=_scrub(arguments, used),
+            output=_scrub(output, used),
+            error=_scrub(error, used),
+            started_at=started,
+            duration_ms=(time.perf_counter() - t0) * 1000,
+        )
+
+    async def _write_step(self, run: dict[str, Any], record: StepRecord, row_id: int | None) -> None:
+        async with self._db.acquire() as conn:
+            if row_id is not None:
+                await run_store.finish_step(
+                    conn,
+                    row_id,
+                    status=record.status,
+                    output=record.output,
+                    error=record.error,
+                    duration_ms=record.duration_ms,
+                )
+                return
+            held = await run_store.record_step(conn, run_id=run["id"], record=record, worker=self._worker)
+        if not held:
+            raise LeaseLost
+
+    async def _fail(self, handle: RunHandle, step: PipelineStep, exc: StepError, used: set[str]) -> str:
+        run = handle.run
+        message = _scrub(f"step {step.id!r} ({step.uses}) failed: {exc}", used)
+        if exc.retryable and run["attempt"] < run["max_attempts"]:
+            delay = backoff_delay(
+                run["backoff_strategy"],
+                run["attempt"],
+                base=run["backoff_base_seconds"],
+                cap=run["backoff_max_seconds"],
+            )
+            reason = f"attempt {run['attempt']} failed; retrying in {delay:.1f}s ({run['backoff_strategy']})"
+            async with self._db.acquire() as conn:
+                if not await run_store.retry(
+                    conn, run["id"], self._worker, error=message, reason=reason, delay_seconds=delay
+                ):
+                    raise LeaseLost
+            return "retrying"
+        if exc.retryable:
+            reason = f"failed after {run['attempt']} attempt(s)"
+        else:
+            reason = "failed without retry: this error cannot succeed on a retry"
+        await self._finish(handle, "failed", message, None, reason=reason)
+        return "failed"
+
+    async def _finish(
+        self,
+        handle: RunHandle,
+        status: str,
+        error: str | None,
+        outputs: dict[str, Any] | None,
+        *,
+        reason: str | None = None,
+        step_record: StepRecord | None = None,
+    ) -> None:
+        handle.mark_executed()
+        run = handle.run
+        completion = Completion(
+            run_id=run["id"],
+            status=status,
+            error=error,
+            outputs=outputs,
+            reason=reason,
+            step=step_record,
+        )
+        if not await self._completions.submit(completion):
+            raise LeaseLost

@@ -1,0 +1,204 @@
+"""Pure schedule math: parse and validate schedule expressions, compute fire instants.
+
+No I/O and no database. Five kinds of schedule exist:
+
+* ``cron``: 5 fields (minute hour day-of-month month day-of-week), 6 fields with the
+  SECONDS FIRST (second minute hour day-of-month month day-of-week), or an alias such as
+  ``@daily``.
+* ``rrule``: RFC 5545 recurrence (``RRULE``/``RDATE``/``EXDATE``/``EXRULE`` lines with an
+  optional ``DTSTART``, or a bare ``FREQ=...`` rule).
+* ``once``: one ISO 8601 instant.
+* ``event``: a topic pattern; fires are driven by published events, never by the clock.
+* ``condition``: a poll interval; the condition itself is evaluated elsewhere.
+
+Wall-clock rule. Cron and rrule are iterated on NAIVE wall-clock times in the schedule's
+zone; each wall time is mapped to UTC by attaching the zone with ``fold=0``. So a wall
+time that does not exist (spring forward) fires at the same offset after the gap (02:30
+in a 02:00->03:00 gap fires at 03:30), and a wall time that occurs twice (fall back)
+fires once, at its first occurrence. Each UTC instant fires at most once and the
+sequence of fires is strictly increasing.
+
+All instants returned are tz-aware UTC.
+
+This module is the public API. The math lives in one module per concept; each imports
+only modules listed before it: ``schedule_errors``, ``timezones``, ``schedule_rules``
+(once/event/condition), ``wallclock`` (DST rule), ``cron``, ``rrule_sets``, ``rrules``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Final, Literal, cast, get_args
+from zoneinfo import ZoneInfo
+
+from pao_orchestrator.engine.schedule.cron import _CronRule
+from pao_orchestrator.engine.schedule.errors import _bad, _q, _require_aware
+from pao_orchestrator.engine.schedule.rrules import _parse_rrule
+from pao_orchestrator.engine.schedule.rules import (
+    _IntervalRule,
+    _OnceRule,
+    _parse_condition,
+    _parse_event,
+    _parse_once,
+    _Rule,
+)
+from pao_orchestrator.engine.schedule.timezones import format_local, load_timezone
+from pao_orchestrator.errors import InvalidArgument
+
+__all__ = [
+    "MAX_PREVIEW",
+    "SCHEDULE_KINDS",
+    "TIME_KINDS",
+    "Schedule",
+    "ScheduleKind",
+    "format_local",
+    "load_timezone",
+    "parse_schedule",
+    "preview",
+    "validate_schedule",
+]
+
+ScheduleKind = Literal["cron", "rrule", "once", "event", "condition"]
+SCHEDULE_KINDS: Final[frozenset[str]] = frozenset(get_args(ScheduleKind))
+TIME_KINDS: Final[frozenset[str]] = frozenset({"cron", "rrule", "once"})
+
+MAX_PREVIEW: Final = 100
+MAX_EXPR_LEN: Final = 4096
+
+
+@dataclass(frozen=True, eq=False)
+class Schedule:
+    """A parsed, validated schedule. Shared between tasks through the parse cache, so it
+    is immutable apart from private memo/checkpoint caches."""
+
+    kind: ScheduleKind
+    expr: str
+    tz: ZoneInfo
+    _rule: _Rule = field(repr=False)
+    # One slot holding the last (after, next) pair: thousands of tasks share a schedule
+    # and ask for the same `after`. Replaced whole, so concurrent readers see a pair.
+    _memo: list[tuple[datetime, datetime | None] | None] = field(default_factory=lambda: [None], repr=False)
+
+    @property
+    def is_time_based(self) -> bool:
+        return self.kind in TIME_KINDS
+
+    @property
+    def interval(self) -> timedelta | None:
+        """The poll interval of a `condition` schedule, else None."""
+        return self._rule.interval if isinstance(self._rule, _IntervalRule) else None
+
+    def next_after(self, after: datetime) -> datetime | None:
+        """The first fire strictly after `after` (tz-aware UTC), or None when exhausted."""
+        _require_aware(after, "after")
+        last = self._memo[0]
+        if last is not None and last[0] == after:
+            return last[1]
+        try:
+            result = self._rule.next_after(after)
+        except OverflowError:  # near datetime.max
+            result = None
+        self._memo[0] = (after, result)
+        return result
+
+    def upcoming(self, after: datetime, count: int) -> list[datetime]:
+        """Up to `count` successive fires strictly after `after` (fewer when exhausted)."""
+        fires: list[datetime] = []
+        cursor = after
+        for _ in range(max(count, 0)):
+            fire = self.next_after(cursor)
+            if fire is None:
+                break
+            fires.append(fire)
+            cursor = fire
+        return fires
+
+
+def _check_kind(kind: str) -> ScheduleKind:
+    if kind not in SCHEDULE_KINDS:
+        raise InvalidArgument(
+            "schedule_kind", f"unknown schedule kind {kind!r}; use one of cron, rrule, once, event, condition"
+        )
+    return cast(ScheduleKind, kind)
+
+
+def parse_schedule(kind: str, expr: str, timezone: str, *, anchor: datetime) -> Schedule:
+    """Parse and syntax-check a schedule (cached); raise InvalidArgument on bad input.
+
+    `anchor` (tz-aware) is the task's creation instant: an rrule without DTSTART starts at
+    the anchor's wall time in the task zone (microseconds dropped), so COUNT is stable.
+    """
+    _require_aware(anchor, "anchor")
+    checked = _check_kind(kind)
+    if not isinstance(expr, str):
+        raise _bad(f"schedule_expr must be a string, got {type(expr).__name__}")
+    if len(expr) > MAX_EXPR_LEN:
+        raise _bad(f"schedule_expr {_q(expr, 60)} is {len(expr)} characters long; at most {MAX_EXPR_LEN}")
+    key_anchor: datetime | None = None
+    if checked == "rrule" and "DTSTART" not in expr.upper():
+        key_anchor = anchor.astimezone(UTC).replace(microsecond=0)
+    return _parse_cached(checked, expr, timezone, key_anchor)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_cached(kind: ScheduleKind, expr: str, timezone: str, anchor: datetime | None) -> Schedule:
+    tz = load_timezone(timezone)
+    builders: dict[str, Callable[[], _Rule]] = {
+        "cron": lambda: _CronRule(expr, tz),
+        "rrule": lambda: _parse_rrule(expr, tz, anchor),
+        "once": lambda: _parse_once(expr, tz),
+        "event": lambda: _parse_event(expr),
+        "condition": lambda: _parse_condition(expr),
+    }
+    return Schedule(kind, expr, tz, builders[kind]())
+
+
+def validate_schedule(kind: str, expr: str, timezone: str, *, now: datetime, anchor: datetime) -> Schedule:
+    """parse_schedule, plus: a time-based schedule must fire at least once strictly after `now`."""
+    _require_aware(now, "now")
+    schedule = parse_schedule(kind, expr, timezone, anchor=anchor)
+    if schedule.kind not in TIME_KINDS or schedule.next_after(now) is not None:
+        return schedule
+    now_local = format_local(now, schedule.tz)
+    if isinstance(schedule._rule, _OnceRule):
+        when = format_local(schedule._rule.instant, schedule.tz)
+        raise _bad(
+            f"once {_q(expr)} is in the past (it is {when}; now is {now_local} in {schedule.tz.key}); "
+            "give a future instant"
+        )
+    if schedule.kind == "cron":
+        reason = "no date matches its day-of-month/month/day-of-week fields"
+    else:
+        reason = "its COUNT/UNTIL is already exhausted or no date matches all of its parts"
+    raise _bad(f"{schedule.kind} {_q(expr)} never fires after now ({now_local}): {reason}")
+
+
+def preview(
+    kind: str,
+    expr: str,
+    timezone: str,
+    *,
+    count: int,
+    after: datetime | None,
+    now: datetime,
+    anchor: datetime | None = None,
+) -> list[datetime]:
+    """The next `count` (1..100) fires strictly after `after` (default: now), UTC-aware.
+
+    Syntax errors raise InvalidArgument; a schedule with no fire left returns []."""
+    _require_aware(now, "now")
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_PREVIEW:
+        raise InvalidArgument("count", f"count {count!r} must be an integer from 1 to {MAX_PREVIEW}")
+    if after is None:
+        after = now
+    elif not isinstance(after, datetime) or after.tzinfo is None or after.utcoffset() is None:
+        raise InvalidArgument(
+            "after",
+            f"after {_q(str(after))} has no UTC offset; give an ISO 8601 instant with offset, "
+            "e.g. '2026-03-29T08:00:00+03:00' or '2026-03-29T05:00:00Z'",
+        )
+    schedule = parse_schedule(kind, expr, timezone, anchor=anchor if anchor is not None else now)
+    return schedule.upcoming(after, count)

@@ -1,0 +1,171 @@
+"""Static checks of pipeline templates before a task is saved.
+
+`check_pipeline_templates` and `check_template` parse every template, and
+reject unknown names and references to the current or later steps, with
+`InvalidArgument` naming the field path; `references` lists what templates read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
+from typing import Any, Final
+
+from jinja2.exceptions import TemplateSyntaxError
+from pao_orchestrator.engine.templating.errors import TemplateError, _join, _kind, _names, _quote
+from pao_orchestrator.engine.templating.sandbox import Path, _compile, _syntax_message, _unescape
+from pao_orchestrator.errors import InvalidArgument
+
+ALLOWED_ROOTS: Final = frozenset({"steps", "trigger", "task", "run", "secrets", "now", "event"})
+"""Top-level names a pipeline template may read (plus earlier steps' save_as names)."""
+
+
+# --------------------------------------------------------------------------- static checks
+
+
+def references(value: Any) -> set[Path]:
+    """The paths every template inside `value` reads: ('steps', 'weather', 'summary'), ('now',), ...
+
+    Paths start with a top-level name and stop at the first dynamic subscript;
+    names bound inside the template (set, for) are not included. Raises
+    TemplateError if a template does not parse.
+    """
+    found: set[Path] = set()
+    for leaf, _ in _string_leaves(value, ""):
+        if "${" not in leaf:
+            continue
+        try:
+            compiled = _compile(_unescape(leaf))
+        except TemplateSyntaxError as exc:
+            raise TemplateError(f"{_quote(leaf)}: syntax error: {_syntax_message(exc)}") from None
+        found.update(compiled.chains)
+    return found
+
+
+@dataclass(frozen=True)
+class _Scope:
+    roots: frozenset[str]
+    steps: tuple[str, ...]
+    current_step: str | None = None
+    own_name: str | None = None
+    later_steps: Mapping[str, int] = dataclass_field(default_factory=dict)
+    later_names: Mapping[str, int] = dataclass_field(default_factory=dict)
+
+
+def check_template(value: Any, field: str, allowed_roots: Iterable[str], known_steps: Iterable[str] = ()) -> None:
+    """Check every template inside `value` before it is saved; InvalidArgument naming `field` if one is wrong.
+
+    Templates must parse, may read only `allowed_roots`, and `steps.<id>` only
+    for ids in `known_steps`.
+    """
+    _check_value(value, field, _Scope(frozenset(allowed_roots), tuple(known_steps)))
+
+
+def check_pipeline_templates(
+    pipeline: Sequence[Mapping[str, Any]],
+    *,
+    allowed_roots: Iterable[str] = ALLOWED_ROOTS,
+    field: str = "payload.pipeline",
+) -> None:
+    """Check each step's `with` templates against what that step may read: the roots and EARLIER steps.
+
+    Also rejects a `save_as` that would shadow one of `allowed_roots`.
+    """
+    roots = frozenset(allowed_roots)
+    ids: list[str | None] = []
+    names: list[str | None] = []
+    for index, step in enumerate(pipeline):
+        if not isinstance(step, Mapping):
+            raise InvalidArgument(f"{field}[{index}]", f"a step must be an object, got {_kind(step)}")
+        step_id, save_as = step.get("id"), step.get("save_as")
+        ids.append(step_id if isinstance(step_id, str) else None)
+        names.append(save_as if isinstance(save_as, str) else None)
+        if isinstance(save_as, str) and save_as in roots:
+            raise InvalidArgument(
+                f"{field}[{index}].save_as",
+                f"{save_as!r} is a built-in name; choose another (built-in names: {_names(sorted(roots))})",
+            )
+    for index, step in enumerate(pipeline):
+        if "with" not in step:
+            continue
+        earlier_names = {n for n in names[:index] if n}
+        scope = _Scope(
+            roots=roots | earlier_names,
+            steps=tuple(i for i in ids[:index] if i),
+            current_step=ids[index],
+            own_name=names[index],
+            later_steps={s: j for j, s in enumerate(ids) if j > index and s},
+            later_names={n: j for j, n in enumerate(names) if j > index and n and n not in earlier_names},
+        )
+        _check_value(step["with"], f"{field}[{index}].with", scope)
+
+
+def _string_leaves(value: Any, field: str) -> Iterator[tuple[str, str]]:
+    if isinstance(value, str):
+        yield value, field
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _string_leaves(item, _join(field, key))
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from _string_leaves(item, f"{field}[{index}]")
+
+
+def _check_value(value: Any, field: str, scope: _Scope) -> None:
+    for leaf, leaf_field in _string_leaves(value, field):
+        if "${" in leaf:
+            problem = _check_source(leaf, scope)
+            if problem is not None:
+                raise InvalidArgument(leaf_field, f"{_quote(leaf)}: {problem}")
+
+
+def _check_source(source: str, scope: _Scope) -> str | None:
+    try:
+        compiled = _compile(_unescape(source))
+    except TemplateSyntaxError as exc:
+        return f"syntax error: {_syntax_message(exc)}"
+    if compiled.includes:
+        return "include, import and extends are not available in pipeline templates"
+    checked: set[str] = set()
+    for chain in compiled.chains:
+        root = str(chain[0])
+        if root not in scope.roots:
+            return _unknown_root(root, scope)
+        if root == "secrets" and (len(chain) < 2 or not isinstance(chain[1], str)):
+            return "read a secret by a fixed name, e.g. ${secrets.TOKEN}"
+        if root == "steps" and len(chain) >= 2:
+            problem = _check_step_ref(chain[1], scope)
+            if problem is not None:
+                return problem
+        checked.add(root)
+    for root in sorted(compiled.undeclared - checked):
+        if root not in scope.roots:
+            return _unknown_root(root, scope)
+    return None
+
+
+def _unknown_root(root: str, scope: _Scope) -> str:
+    note = ""
+    if root == scope.own_name:
+        note = f"; {root!r} is this step's own save_as, and a step cannot read its own output"
+    elif root in scope.later_names:
+        note = (
+            f"; {root!r} is saved by a later step (pipeline[{scope.later_names[root]}]), "
+            "and a step can only read earlier steps"
+        )
+    return f"unknown name {root!r}{note}; available: {_names(sorted(scope.roots))}"
+
+
+def _check_step_ref(step_id: str | int, scope: _Scope) -> str | None:
+    if step_id in scope.steps:
+        return None
+    earlier = _names(scope.steps, "(none: this is the first step)")
+    if step_id == scope.current_step:
+        return f"step {step_id!r} is this step; a step cannot read its own output; earlier steps: {earlier}"
+    if isinstance(step_id, str) and step_id in scope.later_steps:
+        return (
+            f"step {step_id!r} runs after this one (pipeline[{scope.later_steps[step_id]}]), "
+            f"and a step can only read earlier steps; earlier steps: {earlier}"
+        )
+    return f"no step {step_id!r} before this one; earlier steps: {earlier}"

@@ -1,0 +1,98 @@
+"""Template secrets: `${secrets.NAME}` reads `PAO_SECRET_NAME`, and `redact` hides what was read."""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+from pao_orchestrator.engine.templating.errors import TemplateError
+
+SECRET_PREFIX: Final = "PAO_SECRET_"
+REDACTED: Final = "***"
+MIN_REDACT_LENGTH: Final = 4
+
+
+class Secrets:
+    """`${secrets.NAME}`: reads only `PAO_SECRET_<NAME>`, and remembers which values were read.
+
+    The environment is filtered once, at construction: nothing without the
+    prefix is kept, so no template can reach `DATABASE_URL` and the like.
+    Create one per run; `used_values()` then lists what must be redacted.
+    """
+
+    __slots__ = ("_used", "_values")
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        source = os.environ if environ is None else environ
+        self._values: dict[str, str] = {
+            key[len(SECRET_PREFIX) :]: value
+            for key, value in source.items()
+            if key.startswith(SECRET_PREFIX) and len(key) > len(SECRET_PREFIX)
+        }
+        self._used: dict[str, str] = {}
+
+    def names(self) -> list[str]:
+        """Names of the secrets that are set (never their values)."""
+        return sorted(self._values)
+
+    def has(self, name: str) -> bool:
+        return name in self._values
+
+    def get(self, name: str) -> str:
+        """The secret's value (recorded as used); TemplateError if it is not set."""
+        if name not in self._values:
+            raise TemplateError(self.missing_message(name))
+        value = self._values[name]
+        self._used[name] = value
+        return value
+
+    def missing_message(self, name: Any) -> str:
+        message = f"secret {name!r} is not set: export {SECRET_PREFIX}{name} in the orchestrator's environment"
+        if self._values:
+            return f"{message}; secrets that are set: {', '.join(self.names())}"
+        return f"{message}; no {SECRET_PREFIX}* variables are set"
+
+    def used(self) -> dict[str, str]:
+        """Name -> value of every secret read so far."""
+        return dict(self._used)
+
+    def used_values(self) -> set[str]:
+        """The values read so far: pass them to `redact`."""
+        return set(self._used.values())
+
+    def redact(self, value: Any) -> Any:
+        """`redact(value, self.used_values())`."""
+        return redact(value, self._used.values())
+
+    def __repr__(self) -> str:
+        return f"Secrets(names={self.names()!r})"
+
+
+def redact(value: Any, secret_values: Iterable[str]) -> Any:
+    """A deep copy of `value` with every secret value (of 4+ characters) in strings and keys replaced by ***.
+
+    Shorter values are left alone: redacting "1" or "ab" everywhere would
+    destroy unrelated text and protect nothing.
+    """
+    wanted = {s for s in secret_values if isinstance(s, str) and len(s) >= MIN_REDACT_LENGTH}
+    if not wanted:
+        return _redact(value, None)
+    alternatives = sorted(wanted, key=len, reverse=True)  # longest first when one contains another
+    return _redact(value, re.compile("|".join(re.escape(s) for s in alternatives)))
+
+
+def _redact(value: Any, pattern: re.Pattern[str] | None) -> Any:
+    if isinstance(value, str):
+        return pattern.sub(REDACTED, value) if pattern is not None else value
+    if isinstance(value, Mapping):
+        return {_redact(k, pattern): _redact(v, pattern) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact(v, pattern) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_redact(v, pattern) for v in value)
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return copy.deepcopy(value)
