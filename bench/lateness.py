@@ -32,16 +32,12 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+
 from pao_orchestrator.engine.app import Tools
-from pao_orchestrator.engine.downstream.pool import DownstreamPool
-from pao_orchestrator.engine.downstream.registry import Registry
-from pao_orchestrator.engine.runtime.executor import Executor
-from pao_orchestrator.engine.runtime.scheduler import Scheduler
-from pao_orchestrator.engine.runtime.worker import Worker, worker_name
+from pao_orchestrator.engine.downstream import DownstreamPool, Registry
+from pao_orchestrator.engine.runtime import Executor, Scheduler, Worker, worker_name
+from pao_orchestrator.store import EmbeddedPostgres, create_pool, migrate
 from pao_orchestrator.store import agents as agent_store
-from pao_orchestrator.store.database import create_pool
-from pao_orchestrator.store.embedded import EmbeddedPostgres
-from pao_orchestrator.store.migrate import migrate
 
 LISTENING = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'"
 PAYLOAD = {"pipeline": [{"id": "tick", "uses": "pao.noop", "with": {}}]}
@@ -110,11 +106,11 @@ async def insert_tasks(db: asyncpg.Pool, count: int, first: datetime, overlap: s
 async def run_worker(dsn: str, concurrency: int, seconds: float) -> None:
     """A worker process: claims and executes runs until killed or `seconds` pass."""
     db = await create_pool(dsn, min_size=4, max_size=30)
-    async with DownstreamPool(Registry()) as pool:
+    async with DownstreamPool(Registry(), environ=os.environ) as pool:
         name = worker_name()
         worker = Worker(
             db,
-            Executor(db, Tools(Registry(), pool), worker=name),
+            Executor(db, Tools(Registry(), pool), worker=name, secrets={}),
             name=name,
             concurrency=concurrency,
             lease_seconds=30,

@@ -28,11 +28,11 @@ from typing import Any
 
 import asyncpg
 import psutil
-from pao_orchestrator.engine.runtime.scheduler import Scheduler
-from pao_orchestrator.store import agents as agent_store
-from pao_orchestrator.store.database import create_pool
 
 from bench.lateness import fresh_database
+from pao_orchestrator.engine.runtime import Scheduler
+from pao_orchestrator.store import agents as agent_store
+from pao_orchestrator.store import create_pool
 
 PAYLOAD = {"pipeline": [{"id": "tick", "uses": "pao.noop", "with": {}}]}
 

@@ -35,12 +35,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pao_orchestrator.engine.app import Tools
-from pao_orchestrator.engine.downstream.pool import DownstreamPool
-from pao_orchestrator.engine.downstream.registry import Registry
-from pao_orchestrator.engine.runtime.executor import Executor, RunHandle
-from pao_orchestrator.store.database import create_pool
-from pao_orchestrator.store.embedded import EmbeddedPostgres
-from pao_orchestrator.store.migrate import migrate
+from pao_orchestrator.engine.downstream import DownstreamPool, Registry
+from pao_orchestrator.engine.runtime import Executor, RunHandle
+from pao_orchestrator.store import EmbeddedPostgres, create_pool, migrate
 
 SERVER = {"command": sys.executable, "args": ["-m", "mcp_server_time", "--local-timezone", "UTC"]}
 ARGS = {"timezone": "Europe/Chisinau"}
@@ -108,9 +105,9 @@ async def main() -> None:
     try:
         async with (
             Client(StdioServerParameters(**SERVER)) as bare,  # type: ignore[arg-type]
-            DownstreamPool(registry) as pool,
+            DownstreamPool(registry, environ=os.environ) as pool,
         ):
-            executor = Executor(db, Tools(registry, pool), worker=worker)
+            executor = Executor(db, Tools(registry, pool), worker=worker, secrets={})
             payload = {
                 "pipeline": [{"id": "now", "uses": "time.get_current_time", "with": {"timezone": "${trigger.tz}"}}]
             }

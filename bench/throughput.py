@@ -29,9 +29,8 @@ import asyncpg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pao_orchestrator.engine.app import open_engine
-from pao_orchestrator.engine.settings import Settings
-from pao_orchestrator.store.embedded import EmbeddedPostgres
+from pao_orchestrator.engine import Settings, open_engine
+from pao_orchestrator.store import EmbeddedPostgres
 
 
 def database(dsn: str, name: str) -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-DISTRIBUTION = "pao-orchestrator"
+from pao_orchestrator.contracts import DISTRIBUTION
 
 try:
     __version__ = version(DISTRIBUTION)

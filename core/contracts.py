@@ -24,5 +24,8 @@ BUILTIN_SERVER: Final = "pao"
 SECRET_ENV_PREFIX: Final = "PAO_SECRET_"
 """`${secrets.NAME}` reads the environment variable `PAO_SECRET_NAME`, and nothing else."""
 
+DISTRIBUTION: Final = "pao-orchestrator"
+"""The name users install (`pip install pao-orchestrator`)."""
+
 APP_NAME: Final = "pao"
 """The name of the command, the MCP server and the platform data and config folders."""

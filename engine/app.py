@@ -16,21 +16,19 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+
+from pao_orchestrator.contracts import BUILTIN_SERVER
 from pao_orchestrator.engine import lifecycle
 from pao_orchestrator.engine import runs as run_service
 from pao_orchestrator.engine import tasks as task_service
-from pao_orchestrator.engine.downstream.pool import DownstreamPool
-from pao_orchestrator.engine.downstream.registry import Registry, load_registry
+from pao_orchestrator.engine.downstream import DownstreamPool, Registry, load_registry
 from pao_orchestrator.engine.models import Agent, Run, Task
-from pao_orchestrator.engine.runtime.builtins import BUILTINS
-from pao_orchestrator.engine.runtime.executor import BUILTIN_SERVER, Executor
-from pao_orchestrator.engine.runtime.scheduler import Scheduler
-from pao_orchestrator.engine.runtime.worker import Worker, worker_name
+from pao_orchestrator.engine.runtime import BUILTINS, Executor, Scheduler, Worker, worker_name
 from pao_orchestrator.engine.settings import Settings
 from pao_orchestrator.store import agents as agent_store
-from pao_orchestrator.store.database import open_database
-from pao_orchestrator.store.migrate import migrate
-from pao_orchestrator.store.queries import sql
+from pao_orchestrator.store import migrate, open_database, schema_version
+from pao_orchestrator.store import runs as run_store
+from pao_orchestrator.vocabulary import RunStatus, ScheduleKind, TaskStatus
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +83,7 @@ class Engine:
         return await task_service.get_task(self.db, task_id)
 
     async def list_tasks(
-        self, *, status: str | None, schedule_kind: str | None, limit: int, cursor: str | None
+        self, *, status: TaskStatus | None, schedule_kind: ScheduleKind | None, limit: int, cursor: str | None
     ) -> tuple[list[Task], str | None]:
         return await task_service.list_tasks(
             self.db, status=status, schedule_kind=schedule_kind, limit=limit, cursor=cursor
@@ -126,7 +124,7 @@ class Engine:
         return await run_service.get_run(self.db, run_id)
 
     async def list_runs(
-        self, *, task_id: UUID | None, status: str | None, limit: int, cursor: str | None
+        self, *, task_id: UUID | None, status: RunStatus | None, limit: int, cursor: str | None
     ) -> tuple[list[Run], str | None]:
         return await run_service.list_runs(self.db, task_id=task_id, status=status, limit=limit, cursor=cursor)
 
@@ -171,12 +169,13 @@ class Engine:
 
     async def health(self) -> dict[str, Any]:
         async with self.db.acquire() as conn:
-            row = dict(await conn.fetchrow(sql("database_health")))
+            queued_due, running = await run_store.queue_stats(conn)
+            version = await schema_version(conn)
         return {
             "database": "ok",
-            "schema_version": row["schema_version"],
-            "queued_due": row["queued_due"],
-            "running": row["running"],
+            "schema_version": version,
+            "queued_due": queued_due,
+            "running": running,
             "worker": self.worker.name if self.worker else None,
             "downstream_servers": self.tools.server_names(),
         }
@@ -203,15 +202,15 @@ async def open_engine(
         )
         async with db.acquire() as conn:
             await migrate(conn)
-            owner = Agent.model_validate(await agent_store.ensure_owner(conn))
+            owner = Agent.model_validate((await agent_store.ensure_owner(conn)).as_dict())
         registry = load_registry(settings.mcp_config_path())
-        pool = await stack.enter_async_context(DownstreamPool(registry))
+        pool = await stack.enter_async_context(DownstreamPool(registry, environ=settings.environ))
         tools = Tools(registry, pool)
         worker: Worker | None = None
         background: list[asyncio.Task[None]] = []
         if run_worker:
             name = worker_name()
-            executor = Executor(db, tools, worker=name)
+            executor = Executor(db, tools, worker=name, secrets=settings.secret_environ())
             worker = Worker(
                 db,
                 executor,
@@ -237,3 +236,9 @@ async def open_engine(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+
+async def migrate_database(settings: Settings) -> list[int]:
+    """Apply pending migrations to the configured database (embedded when DATABASE_URL is unset)."""
+    async with open_database(settings.database_url, settings.data_dir) as (db, _dsn), db.acquire() as conn:
+        return await migrate(conn)

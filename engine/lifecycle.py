@@ -13,12 +13,14 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+from pydantic import BaseModel, Field
+
+from pao_orchestrator.engine import schedule as schedules
+from pao_orchestrator.engine import templating
 from pao_orchestrator.engine.models import Agent, Task, TaskSpec
-from pao_orchestrator.engine.runtime import fires
-from pao_orchestrator.engine.schedule import schedule as schedules
+from pao_orchestrator.engine.runtime import fires_between, fires_span
 from pao_orchestrator.engine.tasks import (
     KEY_ROOTS,
-    TASKS_CHANNEL,
     Clock,
     ToolCatalog,
     check_pipeline,
@@ -26,13 +28,13 @@ from pao_orchestrator.engine.tasks import (
     schedule_anchor,
     to_task,
 )
-from pao_orchestrator.engine.templating import render as templates
 from pao_orchestrator.engine.validation import parse
 from pao_orchestrator.errors import Conflict, InvalidArgument
-from pao_orchestrator.store import agents as agent_store
-from pao_orchestrator.store import scheduler as sched_store
+from pao_orchestrator.store import RunBatch, TaskRecord
+from pao_orchestrator.store import audit as audit_store
+from pao_orchestrator.store import runs as run_store
 from pao_orchestrator.store import tasks as task_store
-from pydantic import BaseModel, Field
+from pao_orchestrator.vocabulary import RunStatus, ScheduleKind, TaskStatus
 
 SCHEDULE_FIELDS = ("schedule_kind", "schedule_expr", "timezone")
 MAX_SNOOZE_SECONDS = 366 * 86_400
@@ -75,9 +77,8 @@ def _instant(value: datetime, tz: Any) -> FireInstant:
     )
 
 
-def _schedule_of(row: dict[str, Any]) -> schedules.Schedule:
-    anchor = row.get("schedule_anchor") or row["created_at"]
-    return schedules.parse_schedule(row["schedule_kind"], row["schedule_expr"], row["timezone"], anchor=anchor)
+def _schedule_of(row: TaskRecord) -> schedules.Schedule:
+    return schedules.parse_schedule(row.schedule_kind, row.schedule_expr, row.timezone, anchor=row.anchor)
 
 
 def _next_text(task: Task) -> str:
@@ -85,24 +86,24 @@ def _next_text(task: Task) -> str:
 
 
 async def _finish(
-    conn: asyncpg.Connection, caller: Agent, action: str, row: dict[str, Any], details: dict[str, Any]
+    conn: asyncpg.Connection, caller: Agent, action: str, row: TaskRecord, details: dict[str, Any]
 ) -> Task:
-    await agent_store.audit(
-        conn, agent_id=caller.id, action=action, target_type="task", target_id=str(row["id"]), details=details
+    await audit_store.record(
+        conn, agent_id=caller.id, action=action, target_type="task", target_id=str(row.id), details=details
     )
-    await conn.execute("SELECT pg_notify($1, $2)", TASKS_CHANNEL, str(row["id"]))
+    await task_store.notify_changed(conn, row.id)
     return to_task(row)
 
 
-async def _withdraw(conn: asyncpg.Connection, row: dict[str, Any], why: str) -> datetime | None:
+async def _withdraw(conn: asyncpg.Connection, row: TaskRecord, why: str) -> datetime | None:
     """Withdraw reservations; the task's next fire moves back to the earliest withdrawn instant."""
-    withdrawn = await sched_store.withdraw_reservations(conn, row["id"], f"withdrawn: {why}")
-    candidates = [t for t in (row["next_fire_at"], *withdrawn) if t is not None]
+    withdrawn = await run_store.withdraw_reservations(conn, row.id, f"withdrawn: {why}")
+    candidates = [t for t in (row.next_fire_at, *withdrawn) if t is not None]
     return min(candidates) if candidates else None
 
 
-def _spec_fields(row: dict[str, Any]) -> dict[str, Any]:
-    return {name: row[name] for name in TaskSpec.model_fields}
+def _spec_fields(row: TaskRecord) -> dict[str, Any]:
+    return {name: getattr(row, name) for name in TaskSpec.model_fields}
 
 
 async def update_task(
@@ -131,20 +132,20 @@ async def update_task(
     now = clock()
     async with db.acquire() as conn, conn.transaction():
         row = await task_store.get(conn, task_id, for_update=True)
-        if row["status"] == "cancelled":
+        if row.status == TaskStatus.CANCELLED:
             raise Conflict(f"task {task_id} is cancelled, which is final; create a new task instead")
         spec = parse(TaskSpec, {**_spec_fields(row), **changes})
         for name in ("dedupe_key", "concurrency_key"):
             value = getattr(spec, name)
             if name in changes and value is not None:
-                templates.check_template(value, name, KEY_ROOTS, ())
+                templating.check_template(value, name, KEY_ROOTS, ())
         fields = spec.model_dump(mode="json", by_alias=True)
-        changed = sorted(name for name in fields if fields[name] != row[name])
+        changed = sorted(name for name in fields if fields[name] != getattr(row, name))
         fields.update(
-            status=row["status"],
-            next_fire_at=row["next_fire_at"],
-            schedule_anchor=row["schedule_anchor"],
-            snoozed_until=row["snoozed_until"],
+            status=row.status,
+            next_fire_at=row.next_fire_at,
+            schedule_anchor=row.schedule_anchor,
+            snoozed_until=row.snoozed_until,
         )
         rescheduled = any(name in changed for name in SCHEDULE_FIELDS)
         if rescheduled:
@@ -152,10 +153,10 @@ async def update_task(
             fields["next_fire_at"] = first_fire(spec, now=now, anchor=anchor)
             fields["schedule_anchor"] = anchor
             await _withdraw(conn, row, "the schedule changed")
-            if row["status"] == "completed":
-                fields["status"] = "active"  # a new schedule brings a finished task back
+            if row.status == TaskStatus.COMPLETED:
+                fields["status"] = TaskStatus.ACTIVE  # a new schedule brings a finished task back
         if changed:
-            row = await sched_store.update_fields(conn, task_id, fields)
+            row = await task_store.update_fields(conn, task_id, fields)
         task = await _finish(conn, caller, "update_task", row, {"fields": changed, "rescheduled": rescheduled})
     if not changed:
         message = "nothing changed: the task already had these values"
@@ -200,14 +201,16 @@ async def snooze(
         end = _parse_until(until, now)
     async with db.acquire() as conn, conn.transaction():
         row = await task_store.get(conn, task_id, for_update=True)
-        if row["status"] != "active":
-            hint = {"paused": "resume_task it first", "completed": "its schedule has no fire left"}
+        if row.status != TaskStatus.ACTIVE:
+            hint = {TaskStatus.PAUSED: "resume_task it first", TaskStatus.COMPLETED: "its schedule has no fire left"}
             raise Conflict(
-                f"task {task_id} is {row['status']}; only an active task can be snoozed"
-                + (f" ({hint[row['status']]})" if row["status"] in hint else "")
+                f"task {task_id} is {row.status}; only an active task can be snoozed"
+                + (f" ({hint[row.status]})" if row.status in hint else "")
             )
         next_fire_at = await _withdraw(conn, row, "task snoozed")
-        row = await sched_store.set_state(conn, task_id, status="active", next_fire_at=next_fire_at, snoozed_until=end)
+        row = await task_store.set_state(
+            conn, task_id, status=TaskStatus.ACTIVE, next_fire_at=next_fire_at, snoozed_until=end
+        )
         task = await _finish(conn, caller, "snooze", row, {"until": end.isoformat()})
     local = schedules.format_local(end, schedules.load_timezone(task.timezone))
     return TaskChange(task=task, changed=True, message=f"snoozed until {local}; {_next_text(task)}")
@@ -217,13 +220,13 @@ async def pause_task(db: asyncpg.Pool, caller: Agent, task_id: UUID, *, clock: C
     """Stop firing until resume_task; runs already queued or running are left alone. Idempotent."""
     async with db.acquire() as conn, conn.transaction():
         row = await task_store.get(conn, task_id, for_update=True)
-        if row["status"] in ("cancelled", "completed"):
-            raise Conflict(f"task {task_id} is {row['status']}; there is nothing to pause")
-        if row["status"] == "paused":
+        if row.status in (TaskStatus.CANCELLED, TaskStatus.COMPLETED):
+            raise Conflict(f"task {task_id} is {row.status}; there is nothing to pause")
+        if row.status == TaskStatus.PAUSED:
             return TaskChange(task=to_task(row), changed=False, message="already paused")
         next_fire_at = await _withdraw(conn, row, "task paused")
-        row = await sched_store.set_state(
-            conn, task_id, status="paused", next_fire_at=next_fire_at, snoozed_until=row["snoozed_until"]
+        row = await task_store.set_state(
+            conn, task_id, status=TaskStatus.PAUSED, next_fire_at=next_fire_at, snoozed_until=row.snoozed_until
         )
         task = await _finish(conn, caller, "pause_task", row, {})
     return TaskChange(task=task, changed=True, message="paused: no fire until resume_task")
@@ -235,48 +238,51 @@ async def resume_task(db: asyncpg.Pool, caller: Agent, task_id: UUID, *, clock: 
     now = clock()
     async with db.acquire() as conn, conn.transaction():
         row = await task_store.get(conn, task_id, for_update=True)
-        if row["status"] == "cancelled":
+        if row.status == TaskStatus.CANCELLED:
             raise Conflict(f"task {task_id} is cancelled, which is final; create a new task instead")
-        if row["status"] == "completed":
+        if row.status == TaskStatus.COMPLETED:
             raise Conflict(
                 f"task {task_id} is completed: its schedule has no fire left; give it a new one with update_task"
             )
-        if row["status"] == "active" and row["snoozed_until"] is None:
+        if row.status == TaskStatus.ACTIVE and row.snoozed_until is None:
             return TaskChange(task=to_task(row), changed=False, message="already active")
         schedule = _schedule_of(row)
         upcoming = schedule.next_after(now)
         next_fire_at = upcoming
         summary = None
-        if row["status"] == "paused" and schedule.is_time_based and row["next_fire_at"] is not None:
+        if row.status == TaskStatus.PAUSED and schedule.is_time_based and row.next_fire_at is not None:
             summary = await _record_paused(conn, row, schedule, now)
-        elif row["status"] == "active" and row["next_fire_at"] is not None and upcoming is not None:
-            next_fire_at = min(row["next_fire_at"], upcoming)  # an overdue fire stays the scheduler's to decide
-        status = "active" if next_fire_at is not None or not schedule.is_time_based else "completed"
-        row = await sched_store.set_state(conn, task_id, status=status, next_fire_at=next_fire_at, snoozed_until=None)
+        elif row.status == TaskStatus.ACTIVE and row.next_fire_at is not None and upcoming is not None:
+            next_fire_at = min(row.next_fire_at, upcoming)  # an overdue fire stays the scheduler's to decide
+        status = TaskStatus.ACTIVE if next_fire_at is not None or not schedule.is_time_based else TaskStatus.COMPLETED
+        row = await task_store.set_state(conn, task_id, status=status, next_fire_at=next_fire_at, snoozed_until=None)
         task = await _finish(conn, caller, "resume_task", row, {"paused_fires": summary})
-    message = f"resumed; {_next_text(task)}" if status == "active" else "resumed, but no fire is left: completed"
+    message = (
+        f"resumed; {_next_text(task)}" if status == TaskStatus.ACTIVE else "resumed, but no fire is left: completed"
+    )
     return TaskChange(task=task, changed=True, message=message + (f" ({summary})" if summary else ""))
 
 
 async def _record_paused(
-    conn: asyncpg.Connection, row: dict[str, Any], schedule: schedules.Schedule, now: datetime
+    conn: asyncpg.Connection, row: TaskRecord, schedule: schedules.Schedule, now: datetime
 ) -> str | None:
     """One skipped run at the newest fire that fell in the pause, saying how many did."""
-    missed = fires.between(schedule, row["next_fire_at"], now + _TICK)
+    assert row.next_fire_at is not None
+    missed = fires_between(schedule, row.next_fire_at, now + _TICK)
     if missed is None:
         return None
     last = missed.newest[-1]
-    text = fires.span(missed, missed.count, last, schedule.tz)
-    batch = sched_store.RunBatch()
+    text = fires_span(missed, missed.count, last, schedule.tz)
+    batch = RunBatch()
     batch.add(
-        row["id"],
-        "skipped",
+        row.id,
+        RunStatus.SKIPPED,
         last,
-        priority=row["priority"],
+        priority=row.priority,
         max_attempts=1,
         reason=f"not run: the task was paused ({text})",
     )
-    await sched_store.insert_runs(conn, batch)
+    await run_store.insert_batch(conn, batch)
     return f"{text} fell in the pause and were not run" if missed.count > 1 else f"{text} fell in the pause"
 
 
@@ -286,18 +292,22 @@ async def cancel_task(
     """Final: no more fires; queued runs are cancelled, running ones asked to stop (unless stop_running=False)."""
     async with db.acquire() as conn, conn.transaction():
         row = await task_store.get(conn, task_id, for_update=True)
-        if row["status"] == "cancelled":
+        if row.status == TaskStatus.CANCELLED:
             return CancelledTask(
                 task=to_task(row), changed=False, message="already cancelled", cancelled_runs=[], stopping_runs=[]
             )
         reason = f"task cancelled by {caller.name} (cancel_task)"
         targets = [
-            r["id"] for r in await sched_store.active_runs(conn, task_id) if stop_running or r["status"] == "queued"
+            run_id
+            for run_id, status in await run_store.active_of_task(conn, task_id)
+            if stop_running or status == RunStatus.QUEUED
         ]
-        outcome = await sched_store.cancel_runs(conn, targets, [reason] * len(targets))
-        row = await sched_store.set_state(conn, task_id, status="cancelled", next_fire_at=None, snoozed_until=None)
-        cancelled = [i for i, o in outcome.items() if o == "cancelled"]
-        stopping = [i for i, o in outcome.items() if o == "stopping"]
+        outcome = await run_store.cancel_many(conn, targets, [reason] * len(targets))
+        row = await task_store.set_state(
+            conn, task_id, status=TaskStatus.CANCELLED, next_fire_at=None, snoozed_until=None
+        )
+        cancelled = [i for i, status in outcome.items() if status == RunStatus.CANCELLED]
+        stopping = [i for i, status in outcome.items() if status == RunStatus.RUNNING]
         task = await _finish(
             conn,
             caller,
@@ -326,9 +336,9 @@ def preview_schedule(
     instants = schedules.preview(schedule_kind, expr, timezone, count=count, after=start, now=now, anchor=anchor)
     tz = schedules.load_timezone(timezone)
     note = None
-    if schedule_kind == "event":
+    if schedule_kind == ScheduleKind.EVENT:
         note = "event tasks fire when a matching event is published, never on a clock"
-    elif schedule_kind == "condition":
+    elif schedule_kind == ScheduleKind.CONDITION:
         note = "condition tasks are polled at these instants and fire when the condition holds"
     elif not instants:
         note = "this schedule has no fire after " + schedules.format_local(start or now, tz)

@@ -7,73 +7,24 @@ so that it can use them without importing the server.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-ScheduleKind = Literal["cron", "rrule", "once", "event", "condition"]
-BackoffStrategy = Literal["exponential_jitter", "exponential", "linear", "fixed", "none"]
-MisfirePolicy = Literal["skip", "run_once", "catch_up"]
-OverlapPolicy = Literal["skip", "queue", "cancel_previous", "allow"]
-TaskStatus = Literal["active", "paused", "completed", "cancelled"]
-RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "skipped"]
-Trigger = Literal["schedule", "manual", "event", "condition"]
-StepStatus = Literal["running", "succeeded", "failed", "skipped", "cancelled"]
+from pao_orchestrator.engine.runtime import Payload
+from pao_orchestrator.vocabulary import (
+    BackoffStrategy,
+    MisfirePolicy,
+    OverlapPolicy,
+    RunStatus,
+    ScheduleKind,
+    StepStatus,
+    TaskStatus,
+    Trigger,
+)
 
 DEFAULT_TIMEZONE = "Europe/Chisinau"
-ACTIVE_RUN_STATUSES = ("queued", "running")
-
-_IDENT = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
-
-
-class PipelineStep(BaseModel):
-    """One step: call `<server>.<tool>` with `with` rendered against the run so far."""
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    id: str = Field(pattern=_IDENT, description="Unique within the pipeline; later steps read ${steps.<id>...}.")
-    uses: str = Field(
-        pattern=r"^[A-Za-z0-9_-]+\.[^.\s][^\s]*$",
-        description="'<server>.<tool>': a server from mcp.json, or 'pao' for built-in steps.",
-    )
-    with_: dict[str, Any] = Field(default_factory=dict, alias="with", description="Tool arguments; templates.")
-    save_as: str | None = Field(
-        default=None,
-        pattern=_IDENT,
-        description="Also bind this step's output as ${<save_as>} for later steps and in the run's outputs.",
-    )
-    timeout_seconds: float | None = Field(default=None, gt=0, le=3600)
-
-    @property
-    def server(self) -> str:
-        return self.uses.split(".", 1)[0]
-
-    @property
-    def tool(self) -> str:
-        return self.uses.split(".", 1)[1]
-
-
-class Payload(BaseModel):
-    """A task's payload: the pipeline its runs execute."""
-
-    model_config = ConfigDict(extra="allow")
-
-    pipeline: list[PipelineStep] = Field(min_length=1, max_length=100)
-
-    @model_validator(mode="after")
-    def _unique_names(self) -> Payload:
-        seen: set[str] = set()
-        for index, step in enumerate(self.pipeline):
-            for name in (step.id, step.save_as):
-                if name is None:
-                    continue
-                if name in seen and not (name == step.save_as == step.id):
-                    raise ValueError(
-                        f"pipeline[{index}]: name {name!r} is used twice; step ids and save_as names must be unique"
-                    )
-                seen.add(name)
-        return self
 
 
 class TaskSpec(BaseModel):
@@ -91,13 +42,13 @@ class TaskSpec(BaseModel):
     dedupe_key: str | None = Field(default=None, max_length=500)
     dedupe_window_seconds: int = Field(default=0, ge=0, le=31_536_000)
     max_retries: int = Field(default=3, ge=0, le=100)
-    backoff_strategy: BackoffStrategy = "exponential_jitter"
+    backoff_strategy: BackoffStrategy = BackoffStrategy.EXPONENTIAL_JITTER
     backoff_base_seconds: float = Field(default=2.0, ge=0, le=3600)
     backoff_max_seconds: float = Field(default=300.0, ge=0, le=86_400)
     concurrency_key: str | None = Field(default=None, max_length=500)
-    misfire_policy: MisfirePolicy = "run_once"
+    misfire_policy: MisfirePolicy = MisfirePolicy.RUN_ONCE
     misfire_grace_seconds: int = Field(default=3600, ge=0, le=31_536_000)
-    overlap_policy: OverlapPolicy = "skip"
+    overlap_policy: OverlapPolicy = OverlapPolicy.SKIP
 
     @field_validator("schedule_expr")
     @classmethod

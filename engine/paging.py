@@ -5,12 +5,22 @@ from __future__ import annotations
 import base64
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Protocol, TypeVar
 from uuid import UUID
 
 from pao_orchestrator.errors import InvalidArgument
 
-R = TypeVar("R", bound=dict[str, Any])
+
+class Keyed(Protocol):
+    """A row a page is cut from: newest first by (created_at, id)."""
+
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def id(self) -> UUID: ...
+
+
+R = TypeVar("R", bound=Keyed)
 
 
 def encode_cursor(created_at: datetime, row_id: UUID) -> str:
@@ -34,4 +44,4 @@ def page(rows: Sequence[R], limit: int) -> tuple[list[R], str | None]:
     """Cut rows fetched with `limit + 1` to a page, and the cursor of the next page (None on the last)."""
     kept = list(rows[:limit])
     more = len(rows) > limit
-    return kept, encode_cursor(kept[-1]["created_at"], kept[-1]["id"]) if more and kept else None
+    return kept, encode_cursor(kept[-1].created_at, kept[-1].id) if more and kept else None

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import platformdirs
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pao_orchestrator.contracts import APP_NAME, SECRET_ENV_PREFIX
+
 
 def _default_data_dir() -> Path:
-    return Path(platformdirs.user_data_dir("pao", appauthor=False))
+    return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
+
+
+def _environment() -> dict[str, str]:
+    return dict(os.environ)
 
 
 class Settings(BaseSettings):
@@ -29,6 +36,17 @@ class Settings(BaseSettings):
     stream_in: str = "pao:inbox"
     worker_concurrency: int = Field(default=16, ge=1)
     log_level: str = "INFO"
+    environ: dict[str, str] = Field(
+        default_factory=_environment,
+        exclude=True,
+        repr=False,
+        description="The process environment, read once: downstream servers inherit it (minus our secrets), "
+        "`${env:NAME}` in mcp.json and `${secrets.NAME}` in pipelines resolve in it.",
+    )
+
+    def secret_environ(self) -> dict[str, str]:
+        """The `PAO_SECRET_*` variables: the only source of `${secrets.NAME}`."""
+        return {key: value for key, value in self.environ.items() if key.startswith(SECRET_ENV_PREFIX)}
 
     def mcp_config_path(self) -> Path:
         """`PAO_MCP_CONFIG`, else `./mcp.json` if present, else `$PAO_DATA_DIR/mcp.json`."""

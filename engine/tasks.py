@@ -10,25 +10,26 @@ from typing import Any, Protocol
 from uuid import UUID
 
 import asyncpg
-from pao_orchestrator.engine.models import Agent, Payload, Task, TaskSpec
+from pydantic import BaseModel
+
+from pao_orchestrator.contracts import BUILTIN_SERVER
+from pao_orchestrator.engine import schedule as schedules
+from pao_orchestrator.engine import templating
+from pao_orchestrator.engine.models import Agent, Task, TaskSpec
 from pao_orchestrator.engine.paging import decode_cursor, page
-from pao_orchestrator.engine.runtime.arguments import validate_arguments
-from pao_orchestrator.engine.runtime.builtins import BUILTINS
-from pao_orchestrator.engine.runtime.executor import BUILTIN_SERVER
-from pao_orchestrator.engine.schedule import schedule as schedules
-from pao_orchestrator.engine.templating import render as templates
+from pao_orchestrator.engine.runtime import BUILTINS, Payload, validate_arguments
 from pao_orchestrator.engine.validation import parse
 from pao_orchestrator.errors import InvalidArgument, StepError
-from pao_orchestrator.store import agents as agent_store
+from pao_orchestrator.store import TaskRecord
+from pao_orchestrator.store import audit as audit_store
 from pao_orchestrator.store import tasks as task_store
-from pydantic import BaseModel
+from pao_orchestrator.vocabulary import TIME_KINDS, ScheduleKind, TaskStatus
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 PREVIEW_COUNT = 5
 KEY_ROOTS = frozenset({"trigger", "event", "task", "now"})
-TASKS_CHANNEL = "pao_tasks"
 
 
 class ToolCatalog(Protocol):
@@ -44,18 +45,17 @@ class CreatedTask(BaseModel):
     warnings: list[str]
 
 
-def next_fires(task: dict[str, Any], count: int = PREVIEW_COUNT) -> list[str]:
+def next_fires(task: TaskRecord, count: int = PREVIEW_COUNT) -> list[str]:
     """The next `count` fires that will run, from the stored next fire, as ISO 8601 in the task's zone.
 
     A snooze hides the fires before its end; a paused or finished task has none.
     """
-    if task["next_fire_at"] is None or task["schedule_kind"] not in schedules.TIME_KINDS or task["status"] != "active":
+    if task.next_fire_at is None or task.schedule_kind not in TIME_KINDS or task.status != TaskStatus.ACTIVE:
         return []
     # update_task re-anchors a changed schedule (an rrule without DTSTART counts from then).
-    anchor = task.get("schedule_anchor") or task["created_at"]
-    schedule = schedules.parse_schedule(task["schedule_kind"], task["schedule_expr"], task["timezone"], anchor=anchor)
-    first: datetime | None = task["next_fire_at"]
-    snoozed_until = task.get("snoozed_until")
+    schedule = schedules.parse_schedule(task.schedule_kind, task.schedule_expr, task.timezone, anchor=task.anchor)
+    first: datetime | None = task.next_fire_at
+    snoozed_until = task.snoozed_until
     if first is not None and snoozed_until is not None and first < snoozed_until:
         first = schedule.next_after(snoozed_until - timedelta(microseconds=1))
     if first is None:
@@ -64,8 +64,8 @@ def next_fires(task: dict[str, Any], count: int = PREVIEW_COUNT) -> list[str]:
     return [schedules.format_local(i, schedule.tz) for i in instants]
 
 
-def to_task(row: dict[str, Any]) -> Task:
-    return Task.model_validate({**row, "next_fires": next_fires(row)})
+def to_task(row: TaskRecord) -> Task:
+    return Task.model_validate({**row.as_dict(), "next_fires": next_fires(row)})
 
 
 async def check_pipeline(payload: Payload, catalog: ToolCatalog, *, probe_timeout: float = 15.0) -> list[str]:
@@ -80,7 +80,7 @@ async def check_pipeline(payload: Payload, catalog: ToolCatalog, *, probe_timeou
                     f"'{step.uses}' is not a built-in step; built-ins are: "
                     + ", ".join(f"pao.{name}" for name in sorted(BUILTINS)),
                 )
-            if not templates.is_templated(step.with_):
+            if not templating.is_templated(step.with_):
                 # Literal arguments are final: check them now, so the worker need not on every run.
                 try:
                     validate_arguments(step.uses, BUILTINS[step.tool].input_schema, step.with_)
@@ -93,8 +93,8 @@ async def check_pipeline(payload: Payload, catalog: ToolCatalog, *, probe_timeou
                 f"server '{step.server}' is not in mcp.json (configured: {configured}; built-in: pao). "
                 "list_downstream_tools shows what pipelines may use",
             )
-    templates.check_pipeline_templates(
-        [s.model_dump(by_alias=True) for s in payload.pipeline], allowed_roots=templates.ALLOWED_ROOTS
+    templating.check_pipeline_templates(
+        [s.model_dump(by_alias=True) for s in payload.pipeline], allowed_roots=templating.ALLOWED_ROOTS
     )
     warnings: list[str] = []
     schemas: dict[tuple[str, str], dict[str, Any] | None] = {}
@@ -166,26 +166,26 @@ async def create_task(
     for name in ("dedupe_key", "concurrency_key"):
         value = getattr(spec, name)
         if value is not None:
-            templates.check_template(value, name, KEY_ROOTS, ())
+            templating.check_template(value, name, KEY_ROOTS, ())
     warnings = await check_pipeline(spec.payload, catalog)
     fields = spec.model_dump(mode="json", by_alias=True)
-    fields["status"] = "active"
+    fields["status"] = TaskStatus.ACTIVE
     fields["next_fire_at"] = next_fire_at
     async with db.acquire() as conn, conn.transaction():
         row = await task_store.insert(conn, fields, created_by=caller.id, now=anchor)
-        await agent_store.audit(
+        await audit_store.record(
             conn,
             agent_id=caller.id,
             action="create_task",
             target_type="task",
-            target_id=str(row["id"]),
+            target_id=str(row.id),
             details={
                 "title": spec.title,
                 "schedule_kind": spec.schedule_kind,
                 "schedule_expr": spec.schedule_expr,
             },
         )
-        await conn.execute("SELECT pg_notify($1, $2)", TASKS_CHANNEL, str(row["id"]))
+        await task_store.notify_changed(conn, row.id)
     return CreatedTask(task=to_task(row), warnings=warnings)
 
 
@@ -195,7 +195,12 @@ async def get_task(db: asyncpg.Pool, task_id: UUID) -> Task:
 
 
 async def list_tasks(
-    db: asyncpg.Pool, *, status: str | None, schedule_kind: str | None, limit: int, cursor: str | None
+    db: asyncpg.Pool,
+    *,
+    status: TaskStatus | None,
+    schedule_kind: ScheduleKind | None,
+    limit: int,
+    cursor: str | None,
 ) -> tuple[list[Task], str | None]:
     before = decode_cursor(cursor)
     async with db.acquire() as conn:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from pao_orchestrator.errors import InvalidArgument
 from pydantic import BaseModel, ValidationError
+
+from pao_orchestrator.errors import InvalidArgument
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -7,12 +7,12 @@ from typing import Any
 
 import uvicorn
 from mcp.server.mcpserver import MCPServer
-from pao_orchestrator.engine.app import Engine
-from pao_orchestrator.engine.models import Agent
-from pao_orchestrator.server.tools import register_tools
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+
+from pao_orchestrator.engine import Agent, Engine
+from pao_orchestrator.server.tools import register_tools
 
 log = logging.getLogger(__name__)
 

@@ -13,12 +13,9 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from pao_orchestrator.engine.app import open_engine
-from pao_orchestrator.engine.settings import Settings
+from pao_orchestrator.engine import Settings, migrate_database, open_engine
 from pao_orchestrator.errors import PaoError
 from pao_orchestrator.server.app import create_server, serve
-from pao_orchestrator.store.database import open_database
-from pao_orchestrator.store.migrate import migrate
 
 log = logging.getLogger("pao")
 
@@ -70,8 +67,7 @@ async def _worker(settings: Settings, concurrency: int | None) -> None:
 
 
 async def _migrate(settings: Settings) -> None:
-    async with open_database(settings.database_url, settings.data_dir) as (db, _dsn), db.acquire() as conn:
-        applied = await migrate(conn)
+    applied = await migrate_database(settings)
     print(f"applied {len(applied)} migration(s): {applied}" if applied else "database is up to date")
 
 

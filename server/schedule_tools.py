@@ -13,17 +13,21 @@ from typing import Annotated, Any
 from uuid import UUID
 
 from mcp.server.mcpserver import MCPServer
-from mcp_types import ToolAnnotations
-from pao_orchestrator.engine.app import Engine
-from pao_orchestrator.engine.lifecycle import CancelledTask, SchedulePreview, TaskChange
-from pao_orchestrator.engine.models import DEFAULT_TIMEZONE, Agent, ScheduleKind, TaskSpec
-from pao_orchestrator.engine.schedule.schedule import MAX_PREVIEW
-from pao_orchestrator.server.signatures import with_signature
 from pydantic import Field
 
-TaskId = Annotated[UUID, Field(description="The task's id, as create_task or list_tasks returned it.")]
-# Pausing a paused task or resuming an active one changes nothing: say so to clients that retry.
-STATE = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
+from pao_orchestrator.engine import (
+    DEFAULT_TIMEZONE,
+    MAX_PREVIEW,
+    Agent,
+    CancelledTask,
+    Engine,
+    SchedulePreview,
+    TaskChange,
+    TaskSpec,
+)
+from pao_orchestrator.server.metadata import CANCEL, READ, STATE, WRITE, TaskId, tool_errors
+from pao_orchestrator.server.signatures import with_signature
+from pao_orchestrator.vocabulary import ScheduleKind
 
 
 def _update_parameters() -> list[inspect.Parameter]:
@@ -39,8 +43,6 @@ def _update_parameters() -> list[inspect.Parameter]:
 
 def register_schedule_tools(mcp: MCPServer[Any], engine: Engine, caller: Callable[[], Agent]) -> None:
     """Register update_task, snooze, pause_task, resume_task, cancel_task and preview_schedule."""
-    # Imported here, not at the top: server.tools imports this module to call this function.
-    from pao_orchestrator.server.tools import CANCEL, READ, WRITE, tool_errors
 
     async def update_task(task_id: UUID, **fields: Any) -> TaskChange:
         """Change any field of a task, like create_task takes them; omit (or pass null for) what stays.

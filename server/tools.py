@@ -9,33 +9,18 @@ model.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, Literal, ParamSpec, TypeVar
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from mcp.server.mcpserver import MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
-from mcp_types import ToolAnnotations
-from pao_orchestrator.engine.app import Engine
-from pao_orchestrator.engine.models import Agent, Run, RunStatus, ScheduleKind, Task, TaskSpec, TaskStatus
-from pao_orchestrator.errors import PaoError
-from pao_orchestrator.server.schedule_tools import register_schedule_tools
-from pao_orchestrator.server.signatures import model_parameters, with_signature
 from pydantic import BaseModel, Field
 
-P = ParamSpec("P")
-R = TypeVar("R")
-
-READ = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
-WRITE = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False)
-
-CANCEL = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False)
-
-TaskId = Annotated[UUID, Field(description="The task's id, as create_task or list_tasks returned it.")]
-RunId = Annotated[UUID, Field(description="The run's id, as run_now or list_runs returned it.")]
-Limit = Annotated[int, Field(ge=1, le=200, description="Page size, 1..200.")]
-Cursor = Annotated[str | None, Field(description="next_cursor from the previous page; omit for the first page.")]
+from pao_orchestrator.engine import Agent, Engine, Run, Task, TaskSpec
+from pao_orchestrator.server.metadata import CANCEL, READ, WRITE, Cursor, Limit, RunId, TaskId, tool_errors
+from pao_orchestrator.server.schedule_tools import register_schedule_tools
+from pao_orchestrator.server.signatures import model_parameters, with_signature
+from pao_orchestrator.vocabulary import RunStatus, ScheduleKind, TaskStatus
 
 
 class CreateTaskResult(BaseModel):
@@ -85,19 +70,6 @@ class Health(BaseModel):
     running: int
     worker: str | None
     downstream_servers: list[str]
-
-
-def tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
-    """Turn domain errors into tool errors; their text is written for the model to act on."""
-
-    @functools.wraps(fn)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return await fn(*args, **kwargs)
-        except PaoError as exc:
-            raise ToolError(str(exc)) from exc
-
-    return wrapper
 
 
 def register_tools(mcp: MCPServer[Any], engine: Engine, caller: Callable[[], Agent]) -> None:

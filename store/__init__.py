@@ -1,0 +1,49 @@
+"""The store: Postgres access, the embedded Postgres and the migration runner.
+
+The door of the store room: the engine imports only the names below. One
+module and one SQL file per table family (`tasks`, `runs`, `steps`, `agents`,
+`audit`); each module's functions take a connection (the caller owns the
+transaction) and return typed records.
+"""
+
+from __future__ import annotations
+
+from pao_orchestrator.store import agents, audit, runs, steps, tasks
+from pao_orchestrator.store.agents import AgentRecord
+from pao_orchestrator.store.database import DATABASE_ERRORS, Connection, Pool, create_pool, open_database
+from pao_orchestrator.store.embedded import EmbeddedPostgres
+from pao_orchestrator.store.listener import Listener
+from pao_orchestrator.store.migrator import latest_version, migrate, schema_version
+from pao_orchestrator.store.runs import ClaimedRun, Completion, InsertedRun, NewRun, RunBatch, RunRecord
+from pao_orchestrator.store.steps import StepRecord, StepRow
+from pao_orchestrator.store.tasks import DueTask, TaskAdvance, TaskRecord
+
+__all__ = [
+    "DATABASE_ERRORS",
+    "AgentRecord",
+    "ClaimedRun",
+    "Completion",
+    "Connection",
+    "DueTask",
+    "EmbeddedPostgres",
+    "InsertedRun",
+    "Listener",
+    "NewRun",
+    "Pool",
+    "RunBatch",
+    "RunRecord",
+    "StepRecord",
+    "StepRow",
+    "TaskAdvance",
+    "TaskRecord",
+    "agents",
+    "audit",
+    "create_pool",
+    "latest_version",
+    "migrate",
+    "open_database",
+    "runs",
+    "schema_version",
+    "steps",
+    "tasks",
+]

@@ -7,9 +7,9 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import asyncpg
+
 from pao_orchestrator.errors import StoreUnavailable
 from pao_orchestrator.store.embedded import EmbeddedPostgres
 
@@ -85,8 +85,3 @@ async def open_database(
     finally:
         if embedded is not None:
             embedded.stop()
-
-
-def record(row: Any) -> dict[str, Any]:
-    """A row as a plain dict (asyncpg Records are read-only and not JSON-friendly)."""
-    return dict(row) if row is not None else {}

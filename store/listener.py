@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 import asyncpg
+
 from pao_orchestrator.store.database import DATABASE_ERRORS
 
 log = logging.getLogger(__name__)

@@ -1,51 +1,175 @@
-"""Reading and writing `runs` and `run_steps`: enqueue, claim, lease, finish."""
+"""The `runs` table: enqueueing, claiming, leases, completion and cancelling (statements in runs.sql).
+
+Every write a worker makes about a run it holds is fenced on `lease_owner`: a
+worker that lost its lease (it stalled, another worker took the run over) can
+no longer change the run.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 import asyncpg
+
 from pao_orchestrator.errors import NotFound
 from pao_orchestrator.store.queries import sql
+from pao_orchestrator.store.rows import Record
+from pao_orchestrator.store.steps import StepRecord
+from pao_orchestrator.vocabulary import BackoffStrategy, RunStatus, Trigger
 
 
-async def insert(
-    conn: asyncpg.Connection,
-    *,
-    task_id: UUID,
-    status: str,
-    trigger: str,
-    trigger_data: dict[str, Any],
-    scheduled_for: datetime,
-    priority: int,
-    concurrency_key: str | None,
-    dedupe_key: str | None,
-    deduped_of: UUID | None,
-    max_attempts: int,
-    available_at: datetime,
-    reason: str | None,
-    created_by: UUID | None,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class RunRecord(Record):
+    """A row of `runs`."""
+
+    id: UUID
+    task_id: UUID
+    status: RunStatus
+    trigger: Trigger
+    trigger_data: dict[str, Any]
+    scheduled_for: datetime
+    priority: int
+    concurrency_key: str | None
+    dedupe_key: str | None
+    deduped_of: UUID | None
+    attempt: int
+    max_attempts: int
+    available_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+    reason: str | None
+    outputs: dict[str, Any] | None
+    created_by: UUID | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ClaimedRun(Record):
+    """A run a worker has just claimed, with what executing it needs from its task (one round trip)."""
+
+    id: UUID
+    task_id: UUID
+    attempt: int
+    max_attempts: int
+    trigger: Trigger
+    trigger_data: dict[str, Any]
+    scheduled_for: datetime
+    cancel_requested: bool
+    resume: bool  # it ran before (a retry, a takeover, a release): finished steps are reused
+    task_payload: dict[str, Any]
+    task_updated_at: datetime
+    task_title: str
+    backoff_strategy: BackoffStrategy
+    backoff_base_seconds: float
+    backoff_max_seconds: float
+
+
+@dataclass(frozen=True)
+class NewRun:
+    """A run to insert for one task (run_now, an event, a deduplicated scheduled fire)."""
+
+    task_id: UUID
+    status: RunStatus
+    trigger: Trigger
+    trigger_data: dict[str, Any]
+    scheduled_for: datetime
+    priority: int
+    concurrency_key: str | None
+    dedupe_key: str | None
+    deduped_of: UUID | None
+    max_attempts: int
+    available_at: datetime
+    reason: str | None
+    created_by: UUID | None
+
+
+@dataclass
+class RunBatch:
+    """Columns of the rows one scheduler pass inserts into `runs` (one entry per fire)."""
+
+    task_id: list[UUID] = field(default_factory=list)
+    status: list[RunStatus] = field(default_factory=list)
+    scheduled_for: list[datetime] = field(default_factory=list)
+    priority: list[int] = field(default_factory=list)
+    max_attempts: list[int] = field(default_factory=list)
+    reason: list[str | None] = field(default_factory=list)
+    concurrency_key: list[str | None] = field(default_factory=list)
+    catch_up: list[bool] = field(default_factory=list)
+
+    def add(
+        self,
+        task_id: UUID,
+        status: RunStatus,
+        scheduled_for: datetime,
+        *,
+        priority: int,
+        max_attempts: int,
+        reason: str | None = None,
+        concurrency_key: str | None = None,
+        catch_up: bool = False,
+    ) -> None:
+        self.task_id.append(task_id)
+        self.status.append(status)
+        self.scheduled_for.append(scheduled_for)
+        self.priority.append(priority)
+        self.max_attempts.append(max_attempts)
+        self.reason.append(reason)
+        self.concurrency_key.append(concurrency_key)
+        self.catch_up.append(catch_up)
+
+    def __len__(self) -> int:
+        return len(self.task_id)
+
+
+@dataclass(frozen=True)
+class InsertedRun(Record):
+    """What a scheduler pass learns of each row it inserted."""
+
+    id: UUID
+    task_id: UUID
+    status: RunStatus
+    scheduled_for: datetime
+
+
+@dataclass(frozen=True)
+class Completion:
+    """The end of a run, with the record of the step that ended it (if that step is not yet written)."""
+
+    run_id: UUID
+    status: RunStatus
+    error: str | None
+    outputs: dict[str, Any] | None
+    reason: str | None = None
+    step: StepRecord | None = None
+
+
+# --------------------------------------------------------------------------- enqueueing
+
+
+async def insert(conn: asyncpg.Connection, run: NewRun) -> RunRecord:
+    """Insert one run; a queued one wakes the workers on commit."""
     row = await conn.fetchrow(
         sql("insert_run"),
-        task_id,
-        status,
-        trigger,
-        trigger_data,
-        scheduled_for,
-        priority,
-        concurrency_key,
-        dedupe_key,
-        deduped_of,
-        max_attempts,
-        available_at,
-        reason,
-        created_by,
+        run.task_id,
+        run.status,
+        run.trigger,
+        run.trigger_data,
+        run.scheduled_for,
+        run.priority,
+        run.concurrency_key,
+        run.dedupe_key,
+        run.deduped_of,
+        run.max_attempts,
+        run.available_at,
+        run.reason,
+        run.created_by,
     )
-    return dict(row)
+    return RunRecord.from_row(row)
 
 
 async def find_duplicate(conn: asyncpg.Connection, task_id: UUID, dedupe_key: str, window_seconds: int) -> UUID | None:
@@ -53,32 +177,74 @@ async def find_duplicate(conn: asyncpg.Connection, task_id: UUID, dedupe_key: st
     return value  # type: ignore[no-any-return]
 
 
-async def get(conn: asyncpg.Connection, run_id: UUID) -> dict[str, Any]:
+async def lock_dedupe_key(conn: asyncpg.Connection, task_id: UUID, dedupe_key: str) -> None:
+    """Serialise enqueues of one (task, key) until the transaction ends, so two triggers cannot both pass."""
+    await conn.execute(sql("lock_dedupe_key"), f"{task_id}:{dedupe_key}")
+
+
+async def insert_batch(conn: asyncpg.Connection, batch: RunBatch) -> list[InsertedRun]:
+    """Insert a pass's fires; returns the rows actually inserted (a fire that already has a row is left alone)."""
+    if not batch:
+        return []
+    rows = await conn.fetch(
+        sql("insert_schedule_runs"),
+        batch.task_id,
+        batch.status,
+        batch.scheduled_for,
+        batch.priority,
+        batch.max_attempts,
+        batch.reason,
+        batch.concurrency_key,
+        batch.catch_up,
+    )
+    return [InsertedRun.from_row(r) for r in rows]
+
+
+async def wake_workers_at(conn: asyncpg.Connection, instant: datetime) -> tuple[bool, datetime]:
+    """NOTIFY the workers if the database clock has reached `instant`; (notified, database clock)."""
+    row = await conn.fetchrow(sql("wake_workers_at"), instant)
+    return row["notified"], row["now"]
+
+
+# --------------------------------------------------------------------------- reading
+
+
+async def get(conn: asyncpg.Connection, run_id: UUID) -> RunRecord:
     row = await conn.fetchrow(sql("get_run"), run_id)
     if row is None:
         raise NotFound(f"run {run_id} does not exist; list_runs shows recent runs")
-    return dict(row)
-
-
-async def steps(conn: asyncpg.Connection, run_id: UUID) -> list[dict[str, Any]]:
-    return [dict(r) for r in await conn.fetch(sql("get_run_steps"), run_id)]
+    return RunRecord.from_row(row)
 
 
 async def list_page(
     conn: asyncpg.Connection,
     *,
     task_id: UUID | None,
-    status: str | None,
+    status: RunStatus | None,
     before: tuple[datetime, UUID] | None,
     limit: int,
-) -> list[dict[str, Any]]:
+) -> list[RunRecord]:
     rows = await conn.fetch(
         sql("list_runs"), task_id, status, before[0] if before else None, before[1] if before else None, limit
     )
-    return [dict(r) for r in rows]
+    return [RunRecord.from_row(r) for r in rows]
 
 
-async def claim(conn: asyncpg.Connection, worker: str, limit: int, lease_seconds: float) -> list[dict[str, Any]]:
+async def active_of_task(conn: asyncpg.Connection, task_id: UUID) -> list[tuple[UUID, RunStatus]]:
+    """The task's queued and running runs, oldest first."""
+    return [(r["id"], RunStatus(r["status"])) for r in await conn.fetch(sql("active_runs_of_task"), task_id)]
+
+
+async def queue_stats(conn: asyncpg.Connection) -> tuple[int, int]:
+    """(runs due and waiting for a worker, runs executing)."""
+    row = await conn.fetchrow(sql("queue_stats"))
+    return row["queued_due"], row["running"]
+
+
+# --------------------------------------------------------------------------- workers
+
+
+async def claim(conn: asyncpg.Connection, worker: str, limit: int, lease_seconds: float) -> list[ClaimedRun]:
     """Claim up to `limit` due runs; a concurrency-key race with another worker yields an empty claim."""
     try:
         rows = await conn.fetch(sql("claim_runs"), worker, limit, lease_seconds)
@@ -86,7 +252,7 @@ async def claim(conn: asyncpg.Connection, worker: str, limit: int, lease_seconds
         # Another worker took a run with the same concurrency key after our snapshot; the
         # next claim sees it running and passes over that key.
         return []
-    return [dict(r) for r in rows]
+    return [ClaimedRun.from_row(r) for r in rows]
 
 
 async def next_due_in(conn: asyncpg.Connection) -> float | None:
@@ -103,43 +269,17 @@ async def renew_leases(
     return {r["id"]: r["cancel_requested"] for r in rows}
 
 
-async def requeue_expired(conn: asyncpg.Connection) -> list[dict[str, Any]]:
-    return [dict(r) for r in await conn.fetch(sql("requeue_expired_leases"))]
+async def requeue_expired(conn: asyncpg.Connection) -> list[tuple[UUID, RunStatus]]:
+    """Re-queue (or fail, past max_attempts) the runs whose worker stopped heartbeating."""
+    return [(r["id"], RunStatus(r["status"])) for r in await conn.fetch(sql("requeue_expired_leases"))]
 
 
 async def release(conn: asyncpg.Connection, worker: str, run_ids: list[UUID]) -> list[UUID]:
+    """Graceful shutdown: give runs back without spending an attempt."""
     return [r["id"] for r in await conn.fetch(sql("release_runs"), worker, run_ids)]
 
 
-@dataclass(frozen=True)
-class StepRecord:
-    """A finished step, as written to run_steps."""
-
-    attempt: int
-    step_index: int
-    step_id: str
-    uses: str
-    status: str
-    input: Any
-    output: Any
-    error: str | None
-    started_at: datetime
-    duration_ms: float
-
-
-@dataclass(frozen=True)
-class Completion:
-    """The end of a run, with the record of the step that ended it (if that step is not yet written)."""
-
-    run_id: UUID
-    status: str
-    error: str | None
-    outputs: dict[str, Any] | None
-    reason: str | None = None
-    step: StepRecord | None = None
-
-
-async def finish_many(conn: asyncpg.Connection, worker: str, items: list[Completion]) -> set[UUID]:
+async def finish_many(conn: asyncpg.Connection, worker: str, items: Sequence[Completion]) -> set[UUID]:
     """Record the end of every run in `items`; return the ids `worker` still held the lease of."""
     steps = [c.step for c in items]
     rows = await conn.fetch(
@@ -167,64 +307,14 @@ async def finish_many(conn: asyncpg.Connection, worker: str, items: list[Complet
 async def retry(
     conn: asyncpg.Connection, run_id: UUID, worker: str, *, error: str, reason: str, delay_seconds: float
 ) -> bool:
+    """Back to the queue as the next attempt after `delay_seconds`; False when the lease was lost."""
     return await conn.fetchval(sql("retry_run"), run_id, worker, error, reason, delay_seconds) is not None
 
 
-async def previous_outputs(conn: asyncpg.Connection, run_id: UUID) -> dict[int, Any]:
-    """step_index -> output of every step that already succeeded in some attempt."""
-    return {r["step_index"]: r["output"] for r in await conn.fetch(sql("previous_step_outputs"), run_id)}
+# --------------------------------------------------------------------------- cancelling
 
 
-async def start_step(
-    conn: asyncpg.Connection,
-    *,
-    run_id: UUID,
-    attempt: int,
-    step_index: int,
-    step_id: str,
-    uses: str,
-    input: Any,
-    worker: str,
-) -> int | None:
-    """Record a step as running; None when the worker lost the run's lease."""
-    return await conn.fetchval(  # type: ignore[no-any-return]
-        sql("start_step"), run_id, attempt, step_index, step_id, uses, input, worker
-    )
-
-
-async def finish_step(
-    conn: asyncpg.Connection,
-    step_row_id: int,
-    *,
-    status: str,
-    output: Any,
-    error: str | None,
-    duration_ms: float,
-) -> None:
-    await conn.execute(sql("finish_step"), step_row_id, status, output, error, duration_ms)
-
-
-async def record_step(conn: asyncpg.Connection, *, run_id: UUID, record: StepRecord, worker: str) -> bool:
-    """Record a finished step in one write; False when the worker lost the run's lease."""
-    row_id = await conn.fetchval(
-        sql("record_step"),
-        run_id,
-        record.attempt,
-        record.step_index,
-        record.step_id,
-        record.uses,
-        record.status,
-        record.input,
-        record.output,
-        record.error,
-        record.started_at,
-        record.duration_ms,
-        worker,
-    )
-    return row_id is not None
-
-
-async def cancel(conn: asyncpg.Connection, run_id: UUID, reason: str) -> dict[str, Any]:
+async def cancel(conn: asyncpg.Connection, run_id: UUID, reason: str) -> RunRecord:
     """Cancel a queued run at once, or ask the worker of a running one to stop between steps.
 
     Returns the run as it now stands; a finished run is returned unchanged.
@@ -234,4 +324,23 @@ async def cancel(conn: asyncpg.Connection, run_id: UUID, reason: str) -> dict[st
         row = await conn.fetchrow(sql("request_run_cancel"), run_id, reason)
     if row is None:
         return await get(conn, run_id)
-    return dict(row)
+    return RunRecord.from_row(row)
+
+
+async def cancel_many(
+    conn: asyncpg.Connection, run_ids: Sequence[UUID], reasons: Sequence[str]
+) -> dict[UUID, RunStatus]:
+    """Cancel queued runs, ask running ones to stop.
+
+    Maps each run that changed to its status now: `cancelled`, or `running` for one asked to stop
+    before its next step.
+    """
+    if not run_ids:
+        return {}
+    rows = await conn.fetch(sql("cancel_runs"), list(run_ids), list(reasons))
+    return {r["id"]: RunStatus(r["status"]) for r in rows}
+
+
+async def withdraw_reservations(conn: asyncpg.Connection, task_id: UUID, reason: str) -> list[datetime]:
+    """Remove runs created ahead of their (future) instant; returns those instants."""
+    return [r["scheduled_for"] for r in await conn.fetch(sql("withdraw_reservations"), task_id, reason)]

@@ -18,9 +18,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
-from pao_orchestrator.store.database import create_pool
-from pao_orchestrator.store.embedded import EmbeddedPostgres
-from pao_orchestrator.store.migrate import migrate
+
+from pao_orchestrator.store import EmbeddedPostgres, create_pool, migrate
 
 ROOT = Path(__file__).resolve().parent.parent
 

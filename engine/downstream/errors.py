@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import mcp_types
 from mcp.shared.exceptions import MCPError
+
 from pao_orchestrator.errors import StepError
 
 
@@ -64,7 +65,7 @@ class DownstreamRejected(DownstreamError):
         super().__init__(message, retryable=retryable, server=server, tool=tool)
 
 
-def _unknown_tool(server: str, tool: str, tools: list[mcp_types.Tool] | None) -> UnknownTool:
+def unknown_tool_error(server: str, tool: str, tools: list[mcp_types.Tool] | None) -> UnknownTool:
     if tools is None:
         listed = "its tools could not be listed"
     elif tools:
@@ -74,7 +75,7 @@ def _unknown_tool(server: str, tool: str, tools: list[mcp_types.Tool] | None) ->
     return UnknownTool(f"downstream server {server!r} has no tool {tool!r}; {listed}", server=server, tool=tool)
 
 
-def _brief(exc: BaseException) -> str:
+def brief(exc: BaseException) -> str:
     text = str(exc).strip()
     if isinstance(exc, MCPError):
         return f"{text} (JSON-RPC error {exc.code})"

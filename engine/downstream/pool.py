@@ -21,7 +21,7 @@ and `engine.tool_output`, re-exported here.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any, TextIO, TypeVar
 
@@ -30,36 +30,28 @@ import anyio.abc
 import mcp_types
 from mcp.shared.exceptions import MCPError
 from mcp_types import CONNECTION_CLOSED, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, REQUEST_TIMEOUT
+from pydantic import ValidationError
+
 from pao_orchestrator.engine.downstream.errors import (
-    DownstreamConfigError,
     DownstreamError,
     DownstreamRejected,
     DownstreamTimeout,
     DownstreamUnavailable,
     UnknownServer,
-    UnknownTool,
-    _unknown_tool,
+    unknown_tool_error,
 )
 from pao_orchestrator.engine.downstream.registry import Registry, ServerEntry
-from pao_orchestrator.engine.downstream.sessions import _own, _probe, _Session, _tools, _unavailable
+from pao_orchestrator.engine.downstream.sessions import (
+    Session,
+    list_session_tools,
+    own_session,
+    probe,
+    unavailable_error,
+)
 from pao_orchestrator.engine.downstream.tool_output import ToolListing, ToolOutput, tool_output
-from pao_orchestrator.engine.downstream.transports import _connector
-from pydantic import ValidationError
+from pao_orchestrator.engine.downstream.transports import connector
 
-__all__ = [
-    "DownstreamConfigError",
-    "DownstreamError",
-    "DownstreamPool",
-    "DownstreamRejected",
-    "DownstreamTimeout",
-    "DownstreamUnavailable",
-    "ToolListing",
-    "ToolOutput",
-    "UnknownServer",
-    "UnknownTool",
-]
-
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("pao_orchestrator.engine.downstream")
 
 _T = TypeVar("_T")
 
@@ -68,24 +60,30 @@ _CLOSE_TIMEOUT = 15.0
 
 
 class DownstreamPool:
-    """Sessions to the downstream servers of a Registry; use as `async with DownstreamPool(reg) as pool`."""
+    """Sessions to the downstream servers of a Registry; use as `async with DownstreamPool(reg, environ=...) as pool`.
+
+    `environ` is this process's environment (from the settings): `${env:NAME}` references are
+    resolved in it, and stdio servers inherit it minus our own secrets.
+    """
 
     def __init__(
         self,
         registry: Registry,
         *,
+        environ: Mapping[str, str],
         connect_timeout: float = 30.0,
         default_call_timeout: float = 60.0,
         stderr: TextIO | None = None,
         ping_timeout: float = 5.0,
     ) -> None:
         self._registry = registry
+        self._environ = environ
         self._connect_timeout = connect_timeout
         self._default_call_timeout = default_call_timeout
         self._stderr = stderr
         self._ping_timeout = ping_timeout
-        self._sessions: dict[str, _Session] = {}
-        self._owners: set[_Session] = set()
+        self._sessions: dict[str, Session] = {}
+        self._owners: set[Session] = set()
         self._locks: dict[str, anyio.Lock] = {}
         self._generation = 0
         self._tg: anyio.abc.TaskGroup | None = None
@@ -168,7 +166,7 @@ class DownstreamPool:
         except DownstreamRejected as exc:
             if exc.code == INVALID_PARAMS and "unknown tool" in str(exc).lower():
                 session.tools = None
-                raise _unknown_tool(server, tool, await self._tools_or_none(session)) from exc
+                raise unknown_tool_error(server, tool, await self._tools_or_none(session)) from exc
             raise
         return tool_output(result)
 
@@ -203,7 +201,7 @@ class DownstreamPool:
             try:
                 session = await self._session(name, None)
                 tools = await self._rpc(
-                    session, None, self._default_call_timeout, "tools/list", lambda: _tools(session)
+                    session, None, self._default_call_timeout, "tools/list", lambda: list_session_tools(session)
                 )
                 listings[name] = ToolListing(server=name, tools=list(tools or []))
             except DownstreamError as exc:
@@ -218,7 +216,7 @@ class DownstreamPool:
         """Round-trip seconds of a liveness request; raises DownstreamError (and drops a dead session)."""
         limit = self._ping_timeout if timeout is None else timeout
         session = await self._session(server, None)
-        return await self._rpc(session, None, limit, "a ping", lambda: _probe(session), probe_on_timeout=False)
+        return await self._rpc(session, None, limit, "a ping", lambda: probe(session), probe_on_timeout=False)
 
     def pid(self, server: str) -> int | None:
         """The process id of the server's open stdio session, if any (diagnostics and tests)."""
@@ -253,7 +251,7 @@ class DownstreamPool:
             raise UnknownServer(f"unknown downstream server {server!r}; {known}", server=server, tool=tool)
         return entry
 
-    async def _session(self, server: str, tool: str | None) -> _Session:
+    async def _session(self, server: str, tool: str | None) -> Session:
         """The server's open session, connecting (once, under a per-server lock) when there is none."""
         entry = self._entry(server, tool)
         session = self._sessions.get(server)
@@ -269,11 +267,13 @@ class DownstreamPool:
                     return session
                 self._drop(session)
             self._check_open(server, tool)
-            connect = _connector(server, entry, tool, stderr=self._stderr, connect_timeout=self._connect_timeout)
+            connect = connector(
+                server, entry, tool, stderr=self._stderr, connect_timeout=self._connect_timeout, environ=self._environ
+            )
             self._generation += 1
-            session = _Session(server, entry, self._generation)
+            session = Session(server, entry, self._generation)
             self._owners.add(session)
-            tg.start_soon(_own, session, connect, self._owners)
+            tg.start_soon(own_session, session, connect, self._owners)
             try:
                 with anyio.fail_after(self._connect_timeout):
                     await session.ready.wait()
@@ -293,11 +293,11 @@ class DownstreamPool:
                 self._check_open(server, tool)
             if session.client is None or session.error is not None or session.dropped:
                 self._drop(session)
-                raise await _unavailable(session, session.error, tool, starting=True)
+                raise await unavailable_error(session, session.error, tool, starting=True)
             self._sessions[server] = session
             return session
 
-    def _drop(self, session: _Session) -> None:
+    def _drop(self, session: Session) -> None:
         """Forget the session and have its owner close it; the next use reconnects."""
         session.dropped = True
         if self._sessions.get(session.name) is session:
@@ -306,10 +306,10 @@ class DownstreamPool:
 
     # ---- requests
 
-    async def _find_tool(self, session: _Session, tool: str, limit: float) -> mcp_types.Tool | None:
+    async def _find_tool(self, session: Session, tool: str, limit: float) -> mcp_types.Tool | None:
         """The tool's listing entry; None when the server cannot list tools; UnknownTool when it lacks it."""
         for attempt in range(2):
-            tools = await self._rpc(session, tool, limit, "tools/list", lambda: _tools(session))
+            tools = await self._rpc(session, tool, limit, "tools/list", lambda: list_session_tools(session))
             if tools is None:
                 return None
             for candidate in tools:
@@ -318,20 +318,20 @@ class DownstreamPool:
             if attempt == 0:
                 # The listing may be stale (servers can add tools): look once more before refusing.
                 session.tools = None
-        raise _unknown_tool(session.name, tool, tools)
+        raise unknown_tool_error(session.name, tool, tools)
 
-    async def _tools_or_none(self, session: _Session) -> list[mcp_types.Tool] | None:
+    async def _tools_or_none(self, session: Session) -> list[mcp_types.Tool] | None:
         if not session.usable():
             return None
         try:
             with anyio.fail_after(self._ping_timeout):
-                return await _tools(session)
+                return await list_session_tools(session)
         except Exception:
             return None
 
     async def _rpc(
         self,
-        session: _Session,
+        session: Session,
         tool: str | None,
         limit: float,
         action: str,
@@ -354,7 +354,7 @@ class DownstreamPool:
                 exc.code == INVALID_REQUEST and exc.message == "Session terminated"
             ):
                 self._drop(session)
-                raise await _unavailable(session, exc, tool) from exc
+                raise await unavailable_error(session, exc, tool) from exc
             else:
                 raise DownstreamRejected(
                     f"downstream server {server!r} rejected {action}: {exc.message} (JSON-RPC error {exc.code})",
@@ -373,7 +373,7 @@ class DownstreamPool:
             ) from exc
         except Exception as exc:
             self._drop(session)
-            raise await _unavailable(session, exc, tool) from exc
+            raise await unavailable_error(session, exc, tool) from exc
         # Timed out. A busy server still answers a ping; a hung one does not and gets restarted.
         if probe_on_timeout:
             await self._check_after_timeout(session)
@@ -385,13 +385,13 @@ class DownstreamPool:
             tool=tool,
         )
 
-    async def _check_after_timeout(self, session: _Session) -> None:
+    async def _check_after_timeout(self, session: Session) -> None:
         if not session.usable():
             self._drop(session)
             return
         try:
             with anyio.fail_after(self._ping_timeout):
-                await _probe(session)
+                await probe(session)
         except Exception as exc:
             logger.warning(
                 "downstream server %r is not answering (%r); it will be restarted on next use",

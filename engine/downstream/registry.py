@@ -36,8 +36,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mcp.client.stdio import StdioServerParameters
-from pao_orchestrator.errors import InvalidArgument
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pao_orchestrator.contracts import BUILTIN_SERVER, SECRET_ENV_PREFIX
+from pao_orchestrator.errors import InvalidArgument
 
 __all__ = [
     "RESERVED_SERVER_NAMES",
@@ -53,11 +55,11 @@ __all__ = [
     "resolve_env_refs",
 ]
 
-RESERVED_SERVER_NAMES = frozenset({"pao"})
+RESERVED_SERVER_NAMES = frozenset({BUILTIN_SERVER})
 """Names steps use for built-in actions (`pao.<action>`); no mcp.json entry may take them."""
 
 WITHHELD_ENV_VARS = frozenset({"DATABASE_URL", "REDIS_URL", "PAO_TOKEN"})
-WITHHELD_ENV_PREFIXES = ("PAO_SECRET_",)
+WITHHELD_ENV_PREFIXES = (SECRET_ENV_PREFIX,)
 """Our own secrets: not inherited by stdio servers unless their `env` names them."""
 
 _SERVER_NAME = re.compile(r"[A-Za-z0-9_-]+")
@@ -92,16 +94,15 @@ def is_withheld(variable: str) -> bool:
     return variable in WITHHELD_ENV_VARS or variable.startswith(WITHHELD_ENV_PREFIXES)
 
 
-def resolve_env_refs(value: str, *, server: str, field: str, environ: Mapping[str, str] | None = None) -> str:
+def resolve_env_refs(value: str, *, server: str, field: str, environ: Mapping[str, str]) -> str:
     """Replace every `${env:NAME}` in `value` with the variable's value.
 
     Raises MissingEnvironmentVariable (naming the variable and the server) when one is unset.
     """
-    env = os.environ if environ is None else environ
 
     def substitute(match: re.Match[str]) -> str:
         name = match.group(1)
-        resolved = env.get(name)
+        resolved = environ.get(name)
         if resolved is None:
             raise MissingEnvironmentVariable(server, name, field)
         return resolved
@@ -158,17 +159,18 @@ class StdioServer(_Entry):
             _check_refs(self.cwd, "cwd")
         return self
 
-    def child_environment(self, server: str, environ: Mapping[str, str] | None = None) -> dict[str, str]:
-        """The child's full environment: ours minus withheld secrets, plus the entry's resolved `env`."""
-        parent = os.environ if environ is None else environ
+    def child_environment(self, server: str, parent: Mapping[str, str]) -> dict[str, str]:
+        """The child's full environment: `parent` (ours) minus withheld secrets, plus the entry's resolved `env`."""
         env = {key: value for key, value in parent.items() if not is_withheld(key)}
         for key, value in self.env.items():
             env[key] = resolve_env_refs(value, server=server, field=f"env.{key}", environ=parent)
         return env
 
-    def parameters(self, server: str, environ: Mapping[str, str] | None = None) -> StdioServerParameters:
-        """Resolve every reference now (at connect time) into the SDK's launch parameters."""
-        parent = os.environ if environ is None else environ
+    def parameters(self, server: str, parent: Mapping[str, str]) -> StdioServerParameters:
+        """Resolve every reference now (at connect time) into the SDK's launch parameters.
+
+        `parent` is our own environment (the child inherits it, minus withheld secrets).
+        """
         command = resolve_env_refs(self.command, server=server, field="command", environ=parent)
         return StdioServerParameters(
             command=_locate(command, parent),
@@ -219,10 +221,10 @@ class RemoteServer(_Entry):
             _check_refs(value, f"headers.{key}")
         return self
 
-    def resolved_url(self, server: str, environ: Mapping[str, str] | None = None) -> str:
+    def resolved_url(self, server: str, environ: Mapping[str, str]) -> str:
         return resolve_env_refs(self.url, server=server, field="url", environ=environ)
 
-    def resolved_headers(self, server: str, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    def resolved_headers(self, server: str, environ: Mapping[str, str]) -> dict[str, str]:
         return {
             key: resolve_env_refs(value, server=server, field=f"headers.{key}", environ=environ)
             for key, value in self.headers.items()

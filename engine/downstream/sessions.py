@@ -25,10 +25,11 @@ from mcp import Client
 from mcp.shared.exceptions import MCPError
 from mcp_types import METHOD_NOT_FOUND
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
-from pao_orchestrator.engine.downstream.errors import DownstreamUnavailable, _brief
+
+from pao_orchestrator.engine.downstream.errors import DownstreamUnavailable, brief
 from pao_orchestrator.engine.downstream.registry import ServerEntry, StdioServer
 
-logger = logging.getLogger("engine.downstream")  # the pool's name, as before the split
+logger = logging.getLogger("pao_orchestrator.engine.downstream")
 
 _EXIT_CODE_WAIT = 1.0
 """How long to wait for a dead child's exit status, to name it in the error."""
@@ -37,7 +38,7 @@ _LIST_PAGE_CAP = 100
 """tools/list pages followed at most, so a paginator that never ends cannot hang a call."""
 
 
-class _Session:
+class Session:
     """One connection to one server, entered and exited by its owner task."""
 
     def __init__(self, name: str, entry: ServerEntry, generation: int) -> None:
@@ -89,8 +90,8 @@ def _root_cause(exc: BaseException) -> BaseException:
     return leaves[0] if leaves else exc
 
 
-async def _own(
-    session: _Session, connect: Callable[[AsyncExitStack, _Session], Awaitable[Client]], owners: set[_Session]
+async def own_session(
+    session: Session, connect: Callable[[AsyncExitStack, Session], Awaitable[Client]], owners: set[Session]
 ) -> None:
     """Owner task: enter the Client, publish it, park until asked to close, exit it (same task)."""
     try:
@@ -119,7 +120,7 @@ async def _own(
         owners.discard(session)
 
 
-async def _tools(session: _Session) -> list[mcp_types.Tool] | None:
+async def list_session_tools(session: Session) -> list[mcp_types.Tool] | None:
     """The session's tool list, fetched once; None when the server cannot list tools."""
     if session.tools is not None:
         return session.tools
@@ -144,7 +145,7 @@ async def _tools(session: _Session) -> list[mcp_types.Tool] | None:
         return tools
 
 
-async def _probe(session: _Session) -> float:
+async def probe(session: Session) -> float:
     """One liveness round trip: `ping` on handshake-era sessions, `tools/list` on 2026+ (no ping)."""
     client = session.require_client()
     started = anyio.current_time()
@@ -155,7 +156,7 @@ async def _probe(session: _Session) -> float:
     return anyio.current_time() - started
 
 
-async def _exit_code(session: _Session) -> int | None:
+async def _exit_code(session: Session) -> int | None:
     process = session.process
     if process is None:
         return None
@@ -166,8 +167,8 @@ async def _exit_code(session: _Session) -> int | None:
     return process.returncode
 
 
-async def _unavailable(
-    session: _Session, exc: BaseException | None, tool: str | None, *, starting: bool = False
+async def unavailable_error(
+    session: Session, exc: BaseException | None, tool: str | None, *, starting: bool = False
 ) -> DownstreamUnavailable:
     server = session.name
     entry = session.entry
@@ -186,7 +187,7 @@ async def _unavailable(
         elif cause is None:
             detail = "connection was cancelled"
         else:
-            detail = f"{_brief(cause)}"
+            detail = f"{brief(cause)}"
         detail += f" [{entry.describe()}]"
         if code is not None:
             detail += "; see its stderr for details"
@@ -196,7 +197,7 @@ async def _unavailable(
         status = getattr(getattr(cause, "response", None), "status_code", None)
         if isinstance(status, int) and status in (401, 403, 404):
             retryable = False  # authentication or a wrong URL: retrying will not help
-        detail = f"{entry.url}: {_brief(cause) if cause is not None else 'connection was cancelled'}"
+        detail = f"{entry.url}: {brief(cause) if cause is not None else 'connection was cancelled'}"
     where = f" (tool {tool!r})" if tool else ""
     return DownstreamUnavailable(
         f"downstream server {server!r} {verb}{where}: {detail}",

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import mcp_types
+
 from pao_orchestrator.engine.downstream.errors import DownstreamError
 
 

@@ -11,7 +11,7 @@ import io
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, TextIO
 
@@ -23,6 +23,8 @@ from mcp import Client
 from mcp.client.sse import sse_client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
+
+from pao_orchestrator.contracts import APP_NAME, DISTRIBUTION
 from pao_orchestrator.engine.downstream.errors import DownstreamConfigError
 from pao_orchestrator.engine.downstream.registry import (
     MissingEnvironmentVariable,
@@ -30,17 +32,17 @@ from pao_orchestrator.engine.downstream.registry import (
     ServerEntry,
     StdioServer,
 )
-from pao_orchestrator.engine.downstream.sessions import _Session
+from pao_orchestrator.engine.downstream.sessions import Session
 
-logger = logging.getLogger("engine.downstream")  # the pool's name, as before the split
+logger = logging.getLogger("pao_orchestrator.engine.downstream")
 
 
 def _client_info() -> mcp_types.Implementation:
     try:
-        version = importlib.metadata.version("pao")
+        version = importlib.metadata.version(DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError:
         version = "0"
-    return mcp_types.Implementation(name="pao", version=version)
+    return mcp_types.Implementation(name=APP_NAME, version=version)
 
 
 _CLIENT_INFO = _client_info()
@@ -74,16 +76,22 @@ async def _pump_stderr(read_fd: int, target: TextIO) -> None:
         os.close(read_fd)
 
 
-def _connector(
-    server: str, entry: ServerEntry, tool: str | None, *, stderr: TextIO | None, connect_timeout: float
-) -> Callable[[AsyncExitStack, _Session], Awaitable[Client]]:
-    """Resolve the entry now (env references, at connect time) and return how to connect."""
+def connector(
+    server: str,
+    entry: ServerEntry,
+    tool: str | None,
+    *,
+    stderr: TextIO | None,
+    connect_timeout: float,
+    environ: Mapping[str, str],
+) -> Callable[[AsyncExitStack, Session], Awaitable[Client]]:
+    """Resolve the entry now (env references in `environ`, at connect time) and return how to connect."""
     try:
         if isinstance(entry, StdioServer):
-            params = entry.parameters(server)
+            params = entry.parameters(server, environ)
             return lambda stack, session: _connect_stdio(stack, session, params, stderr)
-        url = entry.resolved_url(server)
-        headers = entry.resolved_headers(server)
+        url = entry.resolved_url(server, environ)
+        headers = entry.resolved_headers(server, environ)
     except MissingEnvironmentVariable as exc:
         raise DownstreamConfigError(
             f"downstream server {server!r} cannot be started: {exc.message}", server=server, tool=tool
@@ -92,7 +100,7 @@ def _connector(
     return lambda stack, session: _connect_remote(stack, session, remote, url, headers, connect_timeout)
 
 
-def _make_client(transport: Any, session: _Session) -> Client:
+def _make_client(transport: Any, session: Session) -> Client:
     async def on_message(message: Any) -> None:
         if isinstance(message, mcp_types.ToolListChangedNotification):
             session.tools = None
@@ -103,7 +111,7 @@ def _make_client(transport: Any, session: _Session) -> Client:
 
 
 async def _connect_stdio(
-    stack: AsyncExitStack, session: _Session, params: StdioServerParameters, stderr: TextIO | None
+    stack: AsyncExitStack, session: Session, params: StdioServerParameters, stderr: TextIO | None
 ) -> Client:
     target = stderr if stderr is not None else sys.stderr
     errlog: TextIO = target
@@ -167,7 +175,7 @@ async def _stderr_pipe(stack: AsyncExitStack, target: TextIO) -> TextIO:
 
 async def _connect_remote(
     stack: AsyncExitStack,
-    session: _Session,
+    session: Session,
     entry: RemoteServer,
     url: str,
     headers: dict[str, str],

@@ -1,1 +1,39 @@
-"""TODO door."""
+"""Runtime: the scheduler that turns due tasks into runs, the workers that claim and execute them,
+the pipeline executor, group-committed completions, and the rules for creating a run.
+
+The door of the runtime room: other rooms import only the names below.
+"""
+
+from __future__ import annotations
+
+from pao_orchestrator.engine.runtime.arguments import validate_arguments
+from pao_orchestrator.engine.runtime.builtins import BUILTINS, Builtin
+from pao_orchestrator.engine.runtime.enqueuing import RunSource, enqueue, key_context, serial_key, trigger_view
+from pao_orchestrator.engine.runtime.executor import Executor, RunHandle, ToolCaller
+from pao_orchestrator.engine.runtime.fires import between as fires_between
+from pao_orchestrator.engine.runtime.fires import span as fires_span
+from pao_orchestrator.engine.runtime.pipeline import Payload, PipelineStep
+from pao_orchestrator.engine.runtime.scheduler import PassResult, Scheduler
+from pao_orchestrator.engine.runtime.worker import Worker, worker_name
+
+__all__ = [
+    "BUILTINS",
+    "Builtin",
+    "Executor",
+    "PassResult",
+    "Payload",
+    "PipelineStep",
+    "RunHandle",
+    "RunSource",
+    "Scheduler",
+    "ToolCaller",
+    "Worker",
+    "enqueue",
+    "fires_between",
+    "fires_span",
+    "key_context",
+    "serial_key",
+    "trigger_view",
+    "validate_arguments",
+    "worker_name",
+]

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jsonschema
+
 from pao_orchestrator.errors import StepError
 
 

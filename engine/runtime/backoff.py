@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from pao_orchestrator.engine.models import BackoffStrategy
+from pao_orchestrator.vocabulary import BackoffStrategy
 
 
 def backoff_delay(
@@ -22,16 +22,16 @@ def backoff_delay(
     collapsing to an immediate retry.
     """
     n = max(attempt, 1)
-    if strategy == "none":
+    if strategy == BackoffStrategy.NONE:
         return 0.0
-    if strategy == "fixed":
+    if strategy == BackoffStrategy.FIXED:
         delay = base
-    elif strategy == "linear":
+    elif strategy == BackoffStrategy.LINEAR:
         delay = base * n
     else:
         delay = base * 2 ** min(n - 1, 62)
     delay = min(delay, cap)
-    if strategy == "exponential_jitter":
+    if strategy == BackoffStrategy.EXPONENTIAL_JITTER:
         half = delay / 2
         delay = half + (rng or random).uniform(0, half)
     return delay

@@ -13,8 +13,9 @@ import asyncio
 import contextlib
 
 import asyncpg
+
+from pao_orchestrator.store import Completion
 from pao_orchestrator.store import runs as run_store
-from pao_orchestrator.store.runs import Completion
 
 MAX_BATCH = 500
 

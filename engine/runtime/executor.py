@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -19,20 +18,22 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import asyncpg
-from pao_orchestrator.engine.models import Payload, PipelineStep
-from pao_orchestrator.engine.runs import trigger_view
+
+from pao_orchestrator.contracts import BUILTIN_SERVER
+from pao_orchestrator.engine import templating
 from pao_orchestrator.engine.runtime.arguments import validate_arguments
 from pao_orchestrator.engine.runtime.backoff import backoff_delay
 from pao_orchestrator.engine.runtime.builtins import BUILTINS, call_builtin
 from pao_orchestrator.engine.runtime.completions import Completions
-from pao_orchestrator.engine.templating import render as templates
+from pao_orchestrator.engine.runtime.enqueuing import trigger_view
+from pao_orchestrator.engine.runtime.pipeline import Payload, PipelineStep
 from pao_orchestrator.errors import StepError
+from pao_orchestrator.store import ClaimedRun, Completion, StepRecord
 from pao_orchestrator.store import runs as run_store
-from pao_orchestrator.store.runs import Completion, StepRecord
+from pao_orchestrator.store import steps as step_store
+from pao_orchestrator.vocabulary import Outcome, RunStatus, StepStatus
 
 log = logging.getLogger(__name__)
-
-BUILTIN_SERVER = "pao"
 
 
 class ToolCaller(Protocol):
@@ -49,7 +50,7 @@ class ToolCaller(Protocol):
 class RunHandle:
     """A run this worker holds, and the flag an agent's cancel_run sets."""
 
-    run: dict[str, Any]
+    run: ClaimedRun
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     # Set once the pipeline has stopped executing and only its record remains to be committed:
     # the worker may start another run in this slot while the group commit is in flight.
@@ -64,7 +65,7 @@ class RunHandle:
 
 def _scrub(value: Any, secret_values: set[str]) -> Any:
     """`value` with the secrets a run used replaced by ***; as is when it used none (the usual case)."""
-    return templates.redact(value, secret_values) if secret_values else value
+    return templating.redact(value, secret_values) if secret_values else value
 
 
 RUNNING_MARK_DELAY = 0.05
@@ -106,54 +107,54 @@ class Executor:
         tools: ToolCaller,
         *,
         worker: str,
-        environ: Mapping[str, str] | None = None,
+        secrets: Mapping[str, str],
     ) -> None:
         self._db = db
         self._tools = tools
         self._worker = worker
         self._completions = Completions(db, worker)
         self._pipelines: dict[tuple[Any, Any], list[PipelineStep]] = {}
-        # Only PAO_SECRET_* is kept: filtering the whole environment per run is measurable at 1k runs/s.
-        self._environ = {
-            k: v for k, v in (os.environ if environ is None else environ).items() if k.startswith("PAO_SECRET_")
-        }
+        # Only the PAO_SECRET_* variables (Settings.secret_environ): filtering a whole environment per
+        # run is measurable at 1k runs/s.
+        self._secrets = dict(secrets)
 
-    def _pipeline(self, run: dict[str, Any]) -> list[PipelineStep]:
+    def _pipeline(self, run: ClaimedRun) -> list[PipelineStep]:
         """The task's parsed pipeline, parsed once per version of the task (a task's runs share it)."""
-        key = (run["task_id"], run.get("task_updated_at"))
+        key = (run.task_id, run.task_updated_at)
         pipeline = self._pipelines.get(key)
         if pipeline is None:
             if len(self._pipelines) >= 1024:
                 self._pipelines.clear()
-            pipeline = self._pipelines[key] = Payload.model_validate(run["task_payload"]).pipeline
+            pipeline = self._pipelines[key] = Payload.model_validate(run.task_payload).pipeline
         return pipeline
 
-    async def execute(self, handle: RunHandle) -> str:
-        """Run the pipeline of a claimed run and record its outcome; return the final status."""
+    async def execute(self, handle: RunHandle) -> Outcome:
+        """Run the pipeline of a claimed run and record its outcome; return how it ended."""
         run = handle.run
         try:
             return await self._execute(handle)
         except LeaseLost:
-            log.warning("run %s: lease lost to another worker; abandoning this copy", run["id"])
-            return "lost"
+            log.warning("run %s: lease lost to another worker; abandoning this copy", run.id)
+            return Outcome.LOST
 
-    async def _execute(self, handle: RunHandle) -> str:
+    async def _execute(self, handle: RunHandle) -> Outcome:
         run = handle.run
         pipeline = self._pipeline(run)
-        attempt: int = run["attempt"]
         done: dict[int, Any] = {}
-        if attempt > 1 or run["reason"]:
+        if run.resume:
             # A retry, or a run taken over from a worker that died: resume after what succeeded.
             async with self._db.acquire() as conn:
-                done = await run_store.previous_outputs(conn, run["id"])
-        secrets = templates.Secrets(self._environ)
+                done = await step_store.previous_outputs(conn, run.id)
+        secrets = templating.Secrets(self._secrets)
         outputs_by_step: dict[str, Any] = {}
         saved: dict[str, Any] = {}
         last_record: StepRecord | None = None
         for index, step in enumerate(pipeline):
             if handle.cancel.is_set():
-                await self._finish(handle, "cancelled", None, saved, reason="cancelled by cancel_run between steps")
-                return "cancelled"
+                await self._finish(
+                    handle, RunStatus.CANCELLED, None, saved, reason="cancelled by cancel_run between steps"
+                )
+                return Outcome.CANCELLED
             if index in done:
                 output = done[index]
             else:
@@ -168,17 +169,19 @@ class Executor:
             outputs_by_step[step.id] = output
             if step.save_as:
                 saved[step.save_as] = output
-        await self._finish(handle, "succeeded", None, _scrub(saved, secrets.used_values()), step_record=last_record)
-        return "succeeded"
+        await self._finish(
+            handle, RunStatus.SUCCEEDED, None, _scrub(saved, secrets.used_values()), step_record=last_record
+        )
+        return Outcome.SUCCEEDED
 
     async def _run_step(
         self,
-        run: dict[str, Any],
+        run: ClaimedRun,
         index: int,
         step: PipelineStep,
         outputs_by_step: dict[str, Any],
         saved: dict[str, Any],
-        secrets: templates.Secrets,
+        secrets: templating.Secrets,
         *,
         defer: bool,
     ) -> tuple[Any, StepRecord | None]:
@@ -189,17 +192,17 @@ class Executor:
         row_id: int | None = None
         try:
             arguments = step.with_
-            if templates.is_templated(arguments):
-                context = templates.build_context(
+            if templating.is_templated(arguments):
+                context = templating.build_context(
                     steps=outputs_by_step,
                     saved=saved,
-                    trigger=trigger_view(run["trigger"], run["scheduled_for"], run["trigger_data"]),
-                    task={"id": str(run["task_id"]), "title": run["task_title"]},
-                    run={"id": str(run["id"]), "attempt": run["attempt"]},
+                    trigger=trigger_view(run.trigger, run.scheduled_for, run.trigger_data),
+                    task={"id": str(run.task_id), "title": run.task_title},
+                    run={"id": str(run.id), "attempt": run.attempt},
                     secrets=secrets,
                     now=started,
                 )
-                arguments = templates.render(arguments, context)
+                arguments = templating.render(arguments, context)
             if step.server == BUILTIN_SERVER:
                 output = await self._call(step, arguments)
             else:
@@ -211,10 +214,14 @@ class Executor:
                 finally:
                     row_id = await mark.settle()
         except StepError as exc:
-            record = self._step_record(run, index, step, "failed", arguments, None, str(exc), started, t0, secrets)
+            record = self._step_record(
+                run, index, step, StepStatus.FAILED, arguments, None, str(exc), started, t0, secrets
+            )
             await self._write_step(run, record, row_id)
             raise
-        record = self._step_record(run, index, step, "succeeded", arguments, output, None, started, t0, secrets)
+        record = self._step_record(
+            run, index, step, StepStatus.SUCCEEDED, arguments, output, None, started, t0, secrets
+        )
         if defer:
             # finish_runs upserts this record over the 'running' row, in the run's completion write.
             return output, record
@@ -235,7 +242,7 @@ class Executor:
                     + ", ".join(f"pao.{name}" for name in sorted(BUILTINS)),
                     retryable=False,
                 )
-            if templates.is_templated(step.with_):
+            if templating.is_templated(step.with_):
                 # Literal arguments of a built-in were checked when the task was saved.
                 validate_arguments(step.uses, builtin.input_schema, arguments)
             return await call_builtin(step.tool, arguments)
@@ -247,13 +254,13 @@ class Executor:
         return result.value
 
     async def _start_step(
-        self, run: dict[str, Any], index: int, step: PipelineStep, arguments: Any, secrets: templates.Secrets
+        self, run: ClaimedRun, index: int, step: PipelineStep, arguments: Any, secrets: templating.Secrets
     ) -> int:
         async with self._db.acquire() as conn:
-            row_id = await run_store.start_step(
+            row_id = await step_store.start(
                 conn,
-                run_id=run["id"],
-                attempt=run["attempt"],
+                run_id=run.id,
+                attempt=run.attempt,
                 step_index=index,
                 step_id=step.id,
                 uses=step.uses,
@@ -266,20 +273,20 @@ class Executor:
 
     @staticmethod
     def _step_record(
-        run: dict[str, Any],
+        run: ClaimedRun,
         index: int,
         step: PipelineStep,
-        status: str,
+        status: StepStatus,
         arguments: Any,
         output: Any,
         error: str | None,
         started: datetime,
         t0: float,
-        secrets: templates.Secrets,
+        secrets: templating.Secrets,
     ) -> StepRecord:
         used = secrets.used_values()
         return StepRecord(
-            attempt=run["attempt"],
+            attempt=run.attempt,
             step_index=index,
             step_id=step.id,
             uses=step.uses,
@@ -291,10 +298,10 @@ class Executor:
             duration_ms=(time.perf_counter() - t0) * 1000,
         )
 
-    async def _write_step(self, run: dict[str, Any], record: StepRecord, row_id: int | None) -> None:
+    async def _write_step(self, run: ClaimedRun, record: StepRecord, row_id: int | None) -> None:
         async with self._db.acquire() as conn:
             if row_id is not None:
-                await run_store.finish_step(
+                await step_store.finish(
                     conn,
                     row_id,
                     status=record.status,
@@ -303,38 +310,38 @@ class Executor:
                     duration_ms=record.duration_ms,
                 )
                 return
-            held = await run_store.record_step(conn, run_id=run["id"], record=record, worker=self._worker)
+            held = await step_store.record(conn, run_id=run.id, record=record, worker=self._worker)
         if not held:
             raise LeaseLost
 
-    async def _fail(self, handle: RunHandle, step: PipelineStep, exc: StepError, used: set[str]) -> str:
+    async def _fail(self, handle: RunHandle, step: PipelineStep, exc: StepError, used: set[str]) -> Outcome:
         run = handle.run
         message = _scrub(f"step {step.id!r} ({step.uses}) failed: {exc}", used)
-        if exc.retryable and run["attempt"] < run["max_attempts"]:
+        if exc.retryable and run.attempt < run.max_attempts:
             delay = backoff_delay(
-                run["backoff_strategy"],
-                run["attempt"],
-                base=run["backoff_base_seconds"],
-                cap=run["backoff_max_seconds"],
+                run.backoff_strategy,
+                run.attempt,
+                base=run.backoff_base_seconds,
+                cap=run.backoff_max_seconds,
             )
-            reason = f"attempt {run['attempt']} failed; retrying in {delay:.1f}s ({run['backoff_strategy']})"
+            reason = f"attempt {run.attempt} failed; retrying in {delay:.1f}s ({run.backoff_strategy})"
             async with self._db.acquire() as conn:
                 if not await run_store.retry(
-                    conn, run["id"], self._worker, error=message, reason=reason, delay_seconds=delay
+                    conn, run.id, self._worker, error=message, reason=reason, delay_seconds=delay
                 ):
                     raise LeaseLost
-            return "retrying"
+            return Outcome.RETRYING
         if exc.retryable:
-            reason = f"failed after {run['attempt']} attempt(s)"
+            reason = f"failed after {run.attempt} attempt(s)"
         else:
             reason = "failed without retry: this error cannot succeed on a retry"
-        await self._finish(handle, "failed", message, None, reason=reason)
-        return "failed"
+        await self._finish(handle, RunStatus.FAILED, message, None, reason=reason)
+        return Outcome.FAILED
 
     async def _finish(
         self,
         handle: RunHandle,
-        status: str,
+        status: RunStatus,
         error: str | None,
         outputs: dict[str, Any] | None,
         *,
@@ -344,7 +351,7 @@ class Executor:
         handle.mark_executed()
         run = handle.run
         completion = Completion(
-            run_id=run["id"],
+            run_id=run.id,
             status=status,
             error=error,
             outputs=outputs,

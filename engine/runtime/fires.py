@@ -16,12 +16,11 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Final, Literal
+from typing import Final
 from zoneinfo import ZoneInfo
 
-from pao_orchestrator.engine.schedule.schedule import Schedule
-
-MisfirePolicy = Literal["skip", "run_once", "catch_up"]
+from pao_orchestrator.engine.schedule import Schedule
+from pao_orchestrator.vocabulary import MisfirePolicy
 
 # A fire this much older than now was missed rather than merely handled late.
 ON_TIME: Final = timedelta(seconds=5)
@@ -117,7 +116,7 @@ def plan(
     *,
     next_fire_at: datetime,
     snoozed_until: datetime | None,
-    misfire_policy: str,
+    misfire_policy: MisfirePolicy,
     grace_seconds: int,
     now: datetime,
     horizon: datetime,
@@ -137,7 +136,7 @@ def plan(
                 return Plan((), tuple(skipped), fire, snooze_over=fire is None)
         snooze_over = True
     assert fire is not None
-    keep = {"skip": 1, "run_once": 2}.get(misfire_policy, CATCH_UP_CAP + 1)
+    keep = {MisfirePolicy.SKIP: 1, MisfirePolicy.RUN_ONCE: 2}.get(misfire_policy, CATCH_UP_CAP + 1)
     missed, fire = _walk(schedule, fire, now - ON_TIME, keep)
     timely: list[datetime] = []
     while fire is not None and fire <= horizon:
@@ -146,10 +145,10 @@ def plan(
     runs = [(instant, False) for instant in timely]
     if missed is not None:
         newest = missed.newest[-1]
-        if misfire_policy == "skip":
+        if misfire_policy == MisfirePolicy.SKIP:
             reason = f"missed {span(missed, missed.count, newest, tz)}: no scheduler was running (misfire_policy=skip)"
             skipped.append((newest, reason))
-        elif misfire_policy == "run_once":
+        elif misfire_policy == MisfirePolicy.RUN_ONCE:
             skipped.extend(_run_once(missed, timely, runs, now, grace_seconds, tz))
         else:
             replay = missed.newest[-CATCH_UP_CAP:]

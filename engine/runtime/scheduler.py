@@ -30,18 +30,18 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
-from pao_orchestrator.engine.runs import enqueue, key_context
+
+from pao_orchestrator.contracts import TASKS_CHANNEL
 from pao_orchestrator.engine.runtime import fires
-from pao_orchestrator.engine.schedule import schedule as schedules
-from pao_orchestrator.engine.templating import render as templates
+from pao_orchestrator.engine.runtime.enqueuing import enqueue, key_context, render_key, serial_key
+from pao_orchestrator.engine.schedule import parse_schedule
 from pao_orchestrator.errors import PaoError
-from pao_orchestrator.store import scheduler as store
-from pao_orchestrator.store.database import DATABASE_ERRORS
-from pao_orchestrator.store.listener import Listener
+from pao_orchestrator.store import DATABASE_ERRORS, DueTask, InsertedRun, Listener, RunBatch, RunRecord, TaskAdvance
+from pao_orchestrator.store import runs as run_store
+from pao_orchestrator.store import tasks as task_store
+from pao_orchestrator.vocabulary import OverlapPolicy, RunStatus, TaskStatus, Trigger
 
 log = logging.getLogger(__name__)
-
-TASKS_CHANNEL = "pao_tasks"
 # Runs are created this long before their instant and released by a NOTIFY at it.
 LOOKAHEAD = 0.3
 # Longest sleep between passes, so a lost notification costs at most this much.
@@ -60,11 +60,6 @@ class PassResult:
     ahead: list[datetime] = field(default_factory=list)  # instants of runs created ahead of now
     next_due: datetime | None = None
     clock: datetime | None = None  # the database clock at the end of the pass
-
-
-def serial_key(task: Any) -> str | None:
-    """The concurrency key that keeps a task's scheduled runs from overlapping, unless allowed."""
-    return None if task["overlap_policy"] == "allow" else f"task:{task['id']}"
 
 
 class Scheduler:
@@ -152,7 +147,7 @@ class Scheduler:
             return
         async with self._db.acquire() as conn:
             for _ in range(5):
-                notified, clock = await store.wake_workers_at(conn, latest)
+                notified, clock = await run_store.wake_workers_at(conn, latest)
                 if notified:
                     return
                 # This process's clock ran ahead of the database's: wait for the database to get there.
@@ -170,44 +165,42 @@ class Scheduler:
         result = PassResult()
         now_arg = self._clock() if self._clock is not None else None
         async with self._db.acquire() as conn, conn.transaction():
-            tasks = await store.claim_due(conn, now=now_arg, lookahead_seconds=self._lookahead, limit=self._batch)
+            tasks = await task_store.claim_due(conn, now=now_arg, lookahead_seconds=self._lookahead, limit=self._batch)
             result.tasks = len(tasks)
             if tasks:
                 await self._decide(conn, tasks, result)
-            result.next_due, result.clock = await store.next_due(conn)
+            result.next_due, result.clock = await task_store.next_due(conn)
         self.passes += 1
         return result
 
-    async def _decide(self, conn: asyncpg.Connection, tasks: list[Any], result: PassResult) -> None:
-        now: datetime = tasks[0]["now"]
+    async def _decide(self, conn: asyncpg.Connection, tasks: list[DueTask], result: PassResult) -> None:
+        now = tasks[0].now
         horizon = now + timedelta(seconds=self._lookahead)
-        batch = store.RunBatch()
-        advance = store.TaskAdvance()
+        batch = RunBatch()
+        advance = TaskAdvance()
         cancels: tuple[list[UUID], list[str]] = ([], [])
         # Identical schedules due at the same instant share one decision: 1,000 tasks with one
         # cron expression cost one schedule walk, not 1,000.
         plans: dict[tuple[Any, ...], fires.Plan] = {}
-        one_by_one: list[tuple[Any, fires.Plan]] = []
+        one_by_one: list[tuple[DueTask, fires.Plan]] = []
         for task in tasks:
             try:
-                schedule = schedules.parse_schedule(
-                    task["schedule_kind"], task["schedule_expr"], task["timezone"], anchor=task["anchor"]
-                )
+                schedule = parse_schedule(task.schedule_kind, task.schedule_expr, task.timezone, anchor=task.anchor)
                 key = (
                     schedule,
-                    task["next_fire_at"],
-                    task["snoozed_until"],
-                    task["misfire_policy"],
-                    task["misfire_grace_seconds"],
+                    task.next_fire_at,
+                    task.snoozed_until,
+                    task.misfire_policy,
+                    task.misfire_grace_seconds,
                 )
                 plan = plans.get(key)
                 if plan is None:
                     plan = fires.plan(
                         schedule,
-                        next_fire_at=task["next_fire_at"],
-                        snoozed_until=task["snoozed_until"],
-                        misfire_policy=task["misfire_policy"],
-                        grace_seconds=task["misfire_grace_seconds"],
+                        next_fire_at=task.next_fire_at,
+                        snoozed_until=task.snoozed_until,
+                        misfire_policy=task.misfire_policy,
+                        grace_seconds=task.misfire_grace_seconds,
                         now=now,
                         horizon=horizon,
                     )
@@ -215,105 +208,102 @@ class Scheduler:
             except Exception as exc:
                 self._broken(task, exc, batch, advance)
                 continue
-            status = "active" if plan.next_fire_at is not None else "completed"
+            status = TaskStatus.ACTIVE if plan.next_fire_at is not None else TaskStatus.COMPLETED
             last = plan.runs[-1][0] if plan.runs else None
-            advance.add(task["id"], plan.next_fire_at, status, last, plan.snooze_over)
+            advance.add(task.id, plan.next_fire_at, status, last, plan.snooze_over)
             for instant, reason in plan.skipped:
-                batch.add(task["id"], "skipped", instant, priority=task["priority"], max_attempts=1, reason=reason)
+                batch.add(task.id, RunStatus.SKIPPED, instant, priority=task.priority, max_attempts=1, reason=reason)
             if not plan.runs:
                 continue
-            if task["active_ids"] and self._overlap(task, plan, batch, cancels, schedule.tz):
+            if task.active_ids and self._overlap(task, plan, batch, cancels, schedule.tz):
                 continue
-            if task["dedupe_key"] is not None:
+            if task.dedupe_key is not None:
                 one_by_one.append((task, plan))
                 continue
             for instant, catch_up in plan.runs:
                 batch.add(
-                    task["id"],
-                    "queued",
+                    task.id,
+                    RunStatus.QUEUED,
                     instant,
-                    priority=task["priority"],
-                    max_attempts=task["max_retries"] + 1,
+                    priority=task.priority,
+                    max_attempts=task.max_retries + 1,
                     concurrency_key=_concurrency_key(task, instant),
                     catch_up=catch_up,
                 )
-        await store.cancel_runs(conn, *cancels)
-        inserted = await store.insert_runs(conn, batch)
+        await run_store.cancel_many(conn, *cancels)
+        inserted: list[InsertedRun | RunRecord] = list(await run_store.insert_batch(conn, batch))
         for task, plan in one_by_one:
             inserted.extend(await _enqueue_deduped(conn, task, plan))
-        await store.advance(conn, advance)
+        await task_store.advance(conn, advance)
         for row in inserted:
-            if row["status"] == "queued":
+            if row.status == RunStatus.QUEUED:
                 result.queued += 1
-                if row["scheduled_for"] > now:
-                    result.ahead.append(row["scheduled_for"])
+                if row.scheduled_for > now:
+                    result.ahead.append(row.scheduled_for)
             else:
                 result.skipped += 1
 
     @staticmethod
     def _overlap(
-        task: Any,
+        task: DueTask,
         plan: fires.Plan,
-        batch: store.RunBatch,
+        batch: RunBatch,
         cancels: tuple[list[UUID], list[str]],
         tz: Any,
     ) -> bool:
         """Apply overlap_policy against runs still active; True when the fires were skipped instead."""
-        policy = task["overlap_policy"]
-        previous = task["active_ids"][0]
-        if policy == "skip":
-            state = "running" if task["active_running"] else "queued"
+        policy = task.overlap_policy
+        assert task.active_ids
+        previous = task.active_ids[0]
+        if policy == OverlapPolicy.SKIP:
+            state = RunStatus.RUNNING if task.active_running else RunStatus.QUEUED
             reason = f"previous run {previous} still {state} (overlap_policy=skip)"
             for instant, _ in plan.runs:
-                batch.add(task["id"], "skipped", instant, priority=task["priority"], max_attempts=1, reason=reason)
+                batch.add(task.id, RunStatus.SKIPPED, instant, priority=task.priority, max_attempts=1, reason=reason)
             return True
-        if policy == "cancel_previous":
+        if policy == OverlapPolicy.CANCEL_PREVIOUS:
             first = fires.when(plan.runs[0][0], tz)
-            for run_id in task["active_ids"]:
+            for run_id in task.active_ids:
                 cancels[0].append(run_id)
                 cancels[1].append(f"superseded by the run for {first} (overlap_policy=cancel_previous)")
         # queue: the new run waits for the previous one (same concurrency key); allow: both run.
         return False
 
     @staticmethod
-    def _broken(task: Any, exc: Exception, batch: store.RunBatch, advance: store.TaskAdvance) -> None:
+    def _broken(task: DueTask, exc: Exception, batch: RunBatch, advance: TaskAdvance) -> None:
         """A stored schedule that no longer evaluates (e.g. a zone gone from tzdata) pauses its task,
         with the reason on record, instead of failing every pass."""
         if not isinstance(exc, PaoError):
-            log.exception("task %s: deciding its fires failed", task["id"], exc_info=exc)
+            log.exception("task %s: deciding its fires failed", task.id, exc_info=exc)
         reason = f"schedule could not be evaluated ({exc}); the task was paused: fix it with update_task"
-        batch.add(task["id"], "skipped", task["next_fire_at"], priority=task["priority"], max_attempts=1, reason=reason)
-        advance.add(task["id"], task["next_fire_at"], "paused", None, False)
+        batch.add(task.id, RunStatus.SKIPPED, task.next_fire_at, priority=task.priority, max_attempts=1, reason=reason)
+        advance.add(task.id, task.next_fire_at, TaskStatus.PAUSED, None, False)
 
     def _on_notify(self, _channel: str, _payload: str) -> None:
         self._wake.set()
 
 
-def _concurrency_key(task: Any, instant: datetime) -> str | None:
-    template = task["concurrency_key"]
-    if template is None:
-        return serial_key(task)
-    value = templates.render(template, key_context(task, "schedule", {}, instant))
-    return None if value is None else str(value)
+def _concurrency_key(task: DueTask, instant: datetime) -> str | None:
+    if task.concurrency_key is None:
+        return serial_key(task.id, task.overlap_policy)
+    return render_key(task.concurrency_key, key_context(task, Trigger.SCHEDULE, {}, instant))
 
 
-async def _enqueue_deduped(conn: asyncpg.Connection, task: Any, plan: fires.Plan) -> list[Any]:
-    """Tasks with a dedupe_key go through engine.runs.enqueue (it applies the dedupe rule), one fire each."""
+async def _enqueue_deduped(conn: asyncpg.Connection, task: DueTask, plan: fires.Plan) -> list[RunRecord]:
+    """Tasks with a dedupe_key go through `enqueue` (it applies the dedupe rule), one fire each."""
     rows = []
-    fields = dict(task)
-    if fields["concurrency_key"] is None:
-        fields["concurrency_key"] = serial_key(task)
     for instant, catch_up in plan.runs:
         try:
             async with conn.transaction():  # a savepoint: a fire that already has a row is left alone
                 rows.append(
                     await enqueue(
                         conn,
-                        fields,
-                        trigger="schedule",
+                        task,
+                        trigger=Trigger.SCHEDULE,
                         trigger_data={"catch_up": True} if catch_up else {},
                         scheduled_for=instant,
                         created_by=None,
+                        default_concurrency_key=serial_key(task.id, task.overlap_policy),
                     )
                 )
         except asyncpg.UniqueViolationError:

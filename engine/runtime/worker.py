@@ -18,15 +18,14 @@ import uuid
 from uuid import UUID
 
 import asyncpg
+
+from pao_orchestrator.contracts import CANCEL_CHANNEL, RUNS_CHANNEL
 from pao_orchestrator.engine.runtime.executor import Executor, RunHandle
+from pao_orchestrator.store import DATABASE_ERRORS, Listener
 from pao_orchestrator.store import runs as run_store
-from pao_orchestrator.store.database import DATABASE_ERRORS
-from pao_orchestrator.store.listener import Listener
+from pao_orchestrator.vocabulary import Outcome
 
 log = logging.getLogger(__name__)
-
-RUNS_CHANNEL = "pao_runs"
-CANCEL_CHANNEL = "pao_cancel"
 
 
 def worker_name() -> str:
@@ -57,7 +56,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._slot_free = asyncio.Event()
-        self._active: dict[UUID, tuple[RunHandle, asyncio.Task[str]]] = {}
+        self._active: dict[UUID, tuple[RunHandle, asyncio.Task[Outcome]]] = {}
         self._listener = Listener(dsn, [RUNS_CHANNEL, CANCEL_CHANNEL], self._on_notify, wake=self._wake.set)
         self._next_sweep = 0.0
 
@@ -115,16 +114,16 @@ class Worker:
             return False
         for row in rows:
             handle = RunHandle(row)
-            if row["cancel_requested"]:
+            if row.cancel_requested:
                 handle.cancel.set()
             handle.on_executed = self._slot_free.set
-            task = asyncio.create_task(self._execute(handle), name=f"run-{row['id']}")
-            self._active[row["id"]] = (handle, task)
+            task = asyncio.create_task(self._execute(handle), name=f"run-{row.id}")
+            self._active[row.id] = (handle, task)
         # A full claim means more may be waiting: claim again without sleeping.
         return len(rows) == free
 
-    async def _execute(self, handle: RunHandle) -> str:
-        run_id = handle.run["id"]
+    async def _execute(self, handle: RunHandle) -> Outcome:
+        run_id = handle.run.id
         try:
             return await self._executor.execute(handle)
         except asyncio.CancelledError:
@@ -132,7 +131,7 @@ class Worker:
         except Exception:
             # A bug, not a step failure: keep the worker alive; the lease expiry re-queues the run.
             log.exception("run %s crashed the executor", run_id)
-            return "crashed"
+            return Outcome.CRASHED
         finally:
             self._active.pop(run_id, None)
             self._slot_free.set()
@@ -172,8 +171,8 @@ class Worker:
         except DATABASE_ERRORS as exc:
             log.warning("lease sweep failed: %s", exc)
             return
-        for row in rows:
-            log.warning("run %s: lease expired; now %s", row["id"], row["status"])
+        for run_id, status in rows:
+            log.warning("run %s: lease expired; now %s", run_id, status)
 
     async def _heartbeat(self) -> None:
         while True:

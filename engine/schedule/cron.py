@@ -11,8 +11,9 @@ from typing import Any, Final, cast
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
-from pao_orchestrator.engine.schedule.errors import _bad, _q
-from pao_orchestrator.engine.schedule.wallclock import _MAX_MONTH_DAYS, _WallRule
+
+from pao_orchestrator.engine.schedule.errors import invalid, quote
+from pao_orchestrator.engine.schedule.wallclock import MAX_MONTH_DAYS, WallRule
 from pao_orchestrator.errors import InvalidArgument
 
 # A cron expression that matches no day within this many years never fires (29 Feb
@@ -71,21 +72,21 @@ def _check_cron_field(expr: str, number: int, token: str, spec: _FieldSpec) -> N
     where = f"cron field {number} ({spec.name})"
     for part in token.lower().split(","):
         if not part:
-            raise _bad(f"{where} {_q(token)} has an empty list item in {_q(expr)}; {spec.allowed()}")
+            raise invalid(f"{where} {quote(token)} has an empty list item in {quote(expr)}; {spec.allowed()}")
         base, slash, step = part.partition("/")
         if _HASHED.fullmatch(base):
-            raise _bad(
-                f"{where} {_q(part)} in {_q(expr)}: hashed/random 'H'/'R' values are not "
+            raise invalid(
+                f"{where} {quote(part)} in {quote(expr)}: hashed/random 'H'/'R' values are not "
                 f"supported; give explicit values ({spec.allowed()})"
             )
         if slash and not (step.isascii() and step.isdigit() and int(step) > 0):
-            raise _bad(f"{where} step {_q('/' + step)} in {_q(expr)} must be a positive integer")
+            raise invalid(f"{where} step {quote('/' + step)} in {quote(expr)} must be a positive integer")
         match = _INT_RANGE.fullmatch(base)
         if match is None:
             continue  # '*', names, L/W/# forms: croniter judges them below
         for bound in match.groups():
             if bound is not None and not spec.low <= int(bound) <= spec.high:
-                raise _bad(f"{where} {_q(bound)} is out of range {spec.low}..{spec.high} in {_q(expr)}")
+                raise invalid(f"{where} {quote(bound)} is out of range {spec.low}..{spec.high} in {quote(expr)}")
 
 
 def _croniter_reason(exc: Exception) -> str:
@@ -108,7 +109,7 @@ def _int_values(values: list[Any], spec: _FieldSpec) -> tuple[int, ...]:
     return tuple(sorted(int(v) for v in values))
 
 
-class _CronRule(_WallRule):
+class CronRule(WallRule):
     """Fast next-wall-time search over cron fields (bisect inside a day, day-by-day
     outside), with croniter's own iterator as a fallback for L/W/# forms.
 
@@ -120,15 +121,15 @@ class _CronRule(_WallRule):
         self.tz = tz
         text = expr.strip()
         if not text:
-            raise _bad(f"cron expression is empty; {_CRON_FIELDS_HELP}")
+            raise invalid(f"cron expression is empty; {_CRON_FIELDS_HELP}")
         if text.startswith("@"):
             alias = _CRON_ALIASES.get(text.lower())
             if alias is None:
-                raise _bad(f"cron alias {_q(text)} is not supported; {_CRON_FIELDS_HELP}")
+                raise invalid(f"cron alias {quote(text)} is not supported; {_CRON_FIELDS_HELP}")
             text = alias
         fields = text.split()
         if len(fields) not in (5, 6):
-            raise _bad(f"cron {_q(expr)} has {len(fields)} field(s); {_CRON_FIELDS_HELP}")
+            raise invalid(f"cron {quote(expr)} has {len(fields)} field(s); {_CRON_FIELDS_HELP}")
         six = len(fields) == 6
         specs = _CRON6 if six else _CRON5
         for number, (token, spec) in enumerate(zip(fields, specs, strict=True), start=1):
@@ -160,10 +161,10 @@ class _CronRule(_WallRule):
         self._dows = None if dow == ["*"] or not simple else frozenset(int(v) for v in dow)
         self._first_time = time(self._hours[0], self._minutes[0], self._seconds[0])
         if simple and self._doms is not None and self._dows is None:
-            longest = max(_MAX_MONTH_DAYS[m] for m in self._months)
+            longest = max(MAX_MONTH_DAYS[m] for m in self._months)
             if min(self._doms) > longest:
-                raise _bad(
-                    f"cron {_q(expr)} never fires: day-of-month {sorted(self._doms)} never occurs "
+                raise invalid(
+                    f"cron {quote(expr)} never fires: day-of-month {sorted(self._doms)} never occurs "
                     f"in month(s) {sorted(self._months)}"
                 )
 
@@ -177,12 +178,12 @@ class _CronRule(_WallRule):
             try:
                 _cron_expand(" ".join(probe), six)
             except Exception as field_exc:
-                where = f"cron field {index + 1} ({spec.name}) {_q(token)}"
+                where = f"cron field {index + 1} ({spec.name}) {quote(token)}"
                 reason = _croniter_reason(field_exc)
                 detail = f" ({reason})" if reason else ""
-                return _bad(f"{where} is not valid in {_q(expr)}{detail}; {spec.allowed()}")
+                return invalid(f"{where} is not valid in {quote(expr)}{detail}; {spec.allowed()}")
         reason = _croniter_reason(exc) or type(exc).__name__
-        return _bad(f"cron {_q(expr)} is not valid: {reason}; {_CRON_FIELDS_HELP}")
+        return invalid(f"cron {quote(expr)} is not valid: {reason}; {_CRON_FIELDS_HELP}")
 
     def _time_at_or_after(self, hour: int, minute: int, second: int) -> time | None:
         hours, minutes, seconds = self._hours, self._minutes, self._seconds

@@ -13,7 +13,7 @@ from pao_orchestrator.errors import InvalidArgument
 _SCHEDULE_FIELD: Final = "schedule_expr"
 
 
-def _q(text: str, limit: int = 200) -> str:
+def quote(text: str, limit: int = 200) -> str:
     """Quote user text for an error message (one line, bounded length)."""
     flat = text.replace("\r", "").replace("\n", "\\n")
     if len(flat) > limit:
@@ -21,11 +21,12 @@ def _q(text: str, limit: int = 200) -> str:
     return f"'{flat}'"
 
 
-def _bad(message: str) -> InvalidArgument:
+def invalid(message: str) -> InvalidArgument:
+    """An InvalidArgument on `schedule_expr` carrying `message`."""
     return InvalidArgument(_SCHEDULE_FIELD, message)
 
 
-def _require_aware(value: datetime, name: str) -> None:
+def require_aware(value: datetime, name: str) -> None:
     """Internal contract: the engine only ever passes tz-aware instants."""
     if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"{name} must be a tz-aware datetime, got {value!r}")

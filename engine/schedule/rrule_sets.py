@@ -1,6 +1,6 @@
 """RFC 5545 rule sets on naive wall times: RRULE union plus RDATE, minus EXDATE/EXRULE.
 
-Each dateutil rule is walked through a `_Cursor` that caches windows of occurrences.
+Each dateutil rule is walked through a `Cursor` that caches windows of occurrences.
 """
 
 from __future__ import annotations
@@ -15,14 +15,15 @@ from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 from dateutil import rrule as du_rrule
-from pao_orchestrator.engine.schedule.wallclock import _ITERATION_CAP, _WallRule
+
+from pao_orchestrator.engine.schedule.wallclock import ITERATION_CAP, WallRule
 
 _ONE_MICROSECOND: Final = timedelta(microseconds=1)
 
 
 @dataclass(frozen=True)
 class _Window:
-    """The first `_Cursor.WINDOW` occurrences of a copy of the rule starting at `start`."""
+    """The first `Cursor.WINDOW` occurrences of a copy of the rule starting at `start`."""
 
     start: datetime  # the copy's DTSTART: `items` holds every occurrence >= start, in order
     before: int  # occurrences of the original rule before `start` (for COUNT)
@@ -44,7 +45,7 @@ _FIXED_PERIODS: Final = {
 }
 
 
-class _Cursor:
+class Cursor:
     """`first occurrence > wall` over one dateutil rrule, in O(log n) once warm.
 
     dateutil's `after()` iterates from DTSTART on every call (a rule created a year
@@ -119,7 +120,7 @@ class _Cursor:
         return self.after(wall - _ONE_MICROSECOND) == wall
 
 
-class _RRuleRule(_WallRule):
+class RRuleRule(WallRule):
     """RRULE lines (union), plus RDATEs, minus EXDATEs/EXRULEs, on naive wall times."""
 
     def __init__(
@@ -132,15 +133,15 @@ class _RRuleRule(_WallRule):
         exdays: Iterable[date],
     ) -> None:
         self.tz = tz
-        self._rules = [_Cursor(r) for r in rules]
-        self._exrules = [_Cursor(r) for r in exrules]
+        self._rules = [Cursor(r) for r in rules]
+        self._exrules = [Cursor(r) for r in exrules]
         self._rdates = tuple(sorted(set(rdates)))
         self._exdates = frozenset(exdates)
         self._exdays = frozenset(exdays)
 
     def next_wall(self, wall: datetime) -> datetime | None:
         cursor = wall
-        for _ in range(_ITERATION_CAP):
+        for _ in range(ITERATION_CAP):
             best: datetime | None = None
             for rule in self._rules:
                 occurrence = rule.after(cursor)

@@ -9,10 +9,11 @@ from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 from dateutil import rrule as du_rrule
-from pao_orchestrator.engine.schedule.errors import _bad, _q
-from pao_orchestrator.engine.schedule.rrule_sets import _RRuleRule
+
+from pao_orchestrator.engine.schedule.errors import invalid, quote
+from pao_orchestrator.engine.schedule.rrule_sets import RRuleRule
 from pao_orchestrator.engine.schedule.timezones import load_timezone
-from pao_orchestrator.engine.schedule.wallclock import _MAX_MONTH_DAYS, _wall_to_utc
+from pao_orchestrator.engine.schedule.wallclock import MAX_MONTH_DAYS, wall_to_utc
 from pao_orchestrator.errors import InvalidArgument
 
 # Bounds the walk from DTSTART that a COUNT rule needs (COUNT cannot be fast-forwarded).
@@ -63,15 +64,15 @@ def _parse_ical_time(what: str, value: str, expr: str) -> _IcalTime:
     text = value.strip().replace("-", "").replace(":", "")
     match = _ICAL_DATETIME.fullmatch(text)
     if match is None:
-        raise _bad(
-            f"rrule {what} {_q(value)} is not a date-time; use 'YYYYMMDDTHHMMSS' (local), "
-            f"'YYYYMMDDTHHMMSSZ' (UTC) or 'YYYYMMDD' (in {_q(expr)})"
+        raise invalid(
+            f"rrule {what} {quote(value)} is not a date-time; use 'YYYYMMDDTHHMMSS' (local), "
+            f"'YYYYMMDDTHHMMSSZ' (UTC) or 'YYYYMMDD' (in {quote(expr)})"
         )
     year, month, day, hour, minute, second, zulu = match.groups()
     try:
         wall = datetime(int(year), int(month), int(day), int(hour or 0), int(minute or 0), int(second or 0))
     except ValueError as exc:
-        raise _bad(f"rrule {what} {_q(value)} is not a valid date-time ({exc}) in {_q(expr)}") from None
+        raise invalid(f"rrule {what} {quote(value)} is not a valid date-time ({exc}) in {quote(expr)}") from None
     return _IcalTime(wall, zulu is not None, hour is None)
 
 
@@ -82,13 +83,15 @@ def _split_params(what: str, params: str, expr: str) -> dict[str, str]:
             continue
         key, eq, val = item.partition("=")
         if not eq or not val.strip():
-            raise _bad(f"rrule {what} parameter {_q(item)} is not KEY=VALUE in {_q(expr)}")
+            raise invalid(f"rrule {what} parameter {quote(item)} is not KEY=VALUE in {quote(expr)}")
         result[key.strip().upper()] = val.strip()
     unknown = set(result) - {"TZID", "VALUE"}
     if unknown:
-        raise _bad(f"rrule {what} parameter(s) {sorted(unknown)} not supported in {_q(expr)}; only TZID and VALUE")
+        raise invalid(
+            f"rrule {what} parameter(s) {sorted(unknown)} not supported in {quote(expr)}; only TZID and VALUE"
+        )
     if result.get("VALUE", "DATE-TIME").upper() not in ("DATE", "DATE-TIME"):
-        raise _bad(f"rrule {what} VALUE={result['VALUE']} not supported in {_q(expr)}; use DATE or DATE-TIME")
+        raise invalid(f"rrule {what} VALUE={result['VALUE']} not supported in {quote(expr)}; use DATE or DATE-TIME")
     return result
 
 
@@ -99,7 +102,7 @@ def _param_zone(what: str, params: dict[str, str], expr: str) -> ZoneInfo | None
     try:
         return load_timezone(name)
     except InvalidArgument as exc:
-        raise _bad(f"rrule {what} TZID: {exc.message} (in {_q(expr)})") from None
+        raise invalid(f"rrule {what} TZID: {exc.message} (in {quote(expr)})") from None
 
 
 def _to_eval_wall(stamp: _IcalTime, zone: ZoneInfo | None, eval_tz: ZoneInfo) -> datetime:
@@ -107,13 +110,13 @@ def _to_eval_wall(stamp: _IcalTime, zone: ZoneInfo | None, eval_tz: ZoneInfo) ->
     if stamp.utc:
         return stamp.wall.replace(tzinfo=UTC).astimezone(eval_tz).replace(tzinfo=None)
     if zone is not None and zone is not eval_tz and zone.key != eval_tz.key:
-        return _wall_to_utc(stamp.wall, zone).astimezone(eval_tz).replace(tzinfo=None)
+        return wall_to_utc(stamp.wall, zone).astimezone(eval_tz).replace(tzinfo=None)
     return stamp.wall
 
 
 def _parse_int(part: str, value: str, expr: str, *, low: int = 1) -> int:
     if not _POSITIVE_INT.fullmatch(value) or int(value) < low:
-        raise _bad(f"rrule {part}={value} must be an integer >= {low} (in {_q(expr)})")
+        raise invalid(f"rrule {part}={value} must be an integer >= {low} (in {quote(expr)})")
     return int(value)
 
 
@@ -123,27 +126,29 @@ def _rule_kwargs(value: str, eval_tz: ZoneInfo, expr: str) -> dict[str, Any]:
         key, eq, val = raw.partition("=")
         key, val = key.strip().upper(), val.strip().upper()
         if not eq or not key or not val:
-            raise _bad(f"rrule part {_q(raw)} is not KEY=VALUE in {_q(expr)}; {_RRULE_HELP}")
+            raise invalid(f"rrule part {quote(raw)} is not KEY=VALUE in {quote(expr)}; {_RRULE_HELP}")
         if key not in _RULE_PARTS:
-            raise _bad(f"rrule part {_q(key)} is not supported in {_q(expr)}; allowed: {', '.join(_RULE_PARTS)}")
+            raise invalid(
+                f"rrule part {quote(key)} is not supported in {quote(expr)}; allowed: {', '.join(_RULE_PARTS)}"
+            )
         if key in parts:
-            raise _bad(f"rrule part {key} is given twice in {_q(expr)}")
+            raise invalid(f"rrule part {key} is given twice in {quote(expr)}")
         parts[key] = val
     if "FREQ" not in parts:
-        raise _bad(f"rrule {_q(expr)} has no FREQ; {_RRULE_HELP}")
+        raise invalid(f"rrule {quote(expr)} has no FREQ; {_RRULE_HELP}")
     freq_name = parts["FREQ"]
     if freq_name not in _FREQS:
-        raise _bad(f"rrule FREQ={freq_name} is not one of {', '.join(_FREQS)} (in {_q(expr)})")
+        raise invalid(f"rrule FREQ={freq_name} is not one of {', '.join(_FREQS)} (in {quote(expr)})")
     kwargs: dict[str, Any] = {"freq": _FREQS[freq_name]}
     if "COUNT" in parts and "UNTIL" in parts:
-        raise _bad(f"rrule {_q(expr)} has both COUNT and UNTIL; RFC 5545 allows only one of them")
+        raise invalid(f"rrule {quote(expr)} has both COUNT and UNTIL; RFC 5545 allows only one of them")
     if "INTERVAL" in parts:
         kwargs["interval"] = _parse_int("INTERVAL", parts["INTERVAL"], expr)
     if "COUNT" in parts:
         kwargs["count"] = _parse_int("COUNT", parts["COUNT"], expr)
         if kwargs["count"] > MAX_RRULE_COUNT:
-            raise _bad(
-                f"rrule COUNT={kwargs['count']} is above {MAX_RRULE_COUNT} (in {_q(expr)}); "
+            raise invalid(
+                f"rrule COUNT={kwargs['count']} is above {MAX_RRULE_COUNT} (in {quote(expr)}); "
                 "for a longer series use UNTIL or leave COUNT out"
             )
     if "UNTIL" in parts:
@@ -153,7 +158,7 @@ def _rule_kwargs(value: str, eval_tz: ZoneInfo, expr: str) -> dict[str, Any]:
         kwargs["until"] = _to_eval_wall(until, None, eval_tz)
     if "WKST" in parts:
         if parts["WKST"] not in _WEEKDAYS:
-            raise _bad(f"rrule WKST={parts['WKST']} must be one of {', '.join(_WEEKDAYS)} (in {_q(expr)})")
+            raise invalid(f"rrule WKST={parts['WKST']} must be one of {', '.join(_WEEKDAYS)} (in {quote(expr)})")
         kwargs["wkst"] = _WEEKDAYS[parts["WKST"]]
     if "BYDAY" in parts:
         kwargs["byweekday"] = _parse_byday(parts["BYDAY"], freq_name, expr)
@@ -170,19 +175,19 @@ def _parse_byday(value: str, freq_name: str, expr: str) -> tuple[Any, ...]:
     for item in value.split(","):
         match = _BYDAY_ITEM.fullmatch(item.strip())
         if match is None:
-            raise _bad(
-                f"rrule BYDAY item {_q(item)} is not valid in {_q(expr)}; use MO,TU,WE,TH,FR,SA,SU, "
+            raise invalid(
+                f"rrule BYDAY item {quote(item)} is not valid in {quote(expr)}; use MO,TU,WE,TH,FR,SA,SU, "
                 "optionally with an ordinal such as 1MO (first Monday) or -1FR (last Friday)"
             )
         ordinal, name = match.groups()
         n = int(ordinal) if ordinal else None
         if n is not None:
             if n == 0 or abs(n) > 53:
-                raise _bad(f"rrule BYDAY ordinal in {_q(item)} must be 1..53 or -53..-1 (in {_q(expr)})")
+                raise invalid(f"rrule BYDAY ordinal in {quote(item)} must be 1..53 or -53..-1 (in {quote(expr)})")
             if freq_name not in ("MONTHLY", "YEARLY"):
-                raise _bad(
-                    f"rrule BYDAY {_q(item)} has an ordinal, which needs FREQ=MONTHLY or FREQ=YEARLY "
-                    f"(in {_q(expr)}); drop the number or change FREQ"
+                raise invalid(
+                    f"rrule BYDAY {quote(item)} has an ordinal, which needs FREQ=MONTHLY or FREQ=YEARLY "
+                    f"(in {quote(expr)}); drop the number or change FREQ"
                 )
         days.append(du_rrule.weekday(_WEEKDAYS[name], n))
     return tuple(days)
@@ -194,23 +199,25 @@ def _parse_by_numbers(part: str, value: str, low: int, high: int, signed: bool, 
     for item in value.split(","):
         text = item.strip()
         if not _SIGNED_INT.fullmatch(text):
-            raise _bad(f"rrule {part} value {_q(text)} is not an integer; {part} must be {allowed} (in {_q(expr)})")
+            raise invalid(
+                f"rrule {part} value {quote(text)} is not an integer; {part} must be {allowed} (in {quote(expr)})"
+            )
         number = int(text)
         if not (low <= number <= high or (signed and -high <= number <= -low)):
-            raise _bad(f"rrule {part}={text} is out of range; {part} must be {allowed} (in {_q(expr)})")
+            raise invalid(f"rrule {part}={text} is out of range; {part} must be {allowed} (in {quote(expr)})")
         numbers.append(number)
     return tuple(numbers)
 
 
 def _check_rfc_combinations(parts: dict[str, str], freq_name: str, expr: str) -> None:
     if "BYWEEKNO" in parts and freq_name != "YEARLY":
-        raise _bad(f"rrule BYWEEKNO needs FREQ=YEARLY (in {_q(expr)})")
+        raise invalid(f"rrule BYWEEKNO needs FREQ=YEARLY (in {quote(expr)})")
     if "BYYEARDAY" in parts and freq_name in ("DAILY", "WEEKLY", "MONTHLY"):
-        raise _bad(f"rrule BYYEARDAY cannot be used with FREQ={freq_name} (in {_q(expr)})")
+        raise invalid(f"rrule BYYEARDAY cannot be used with FREQ={freq_name} (in {quote(expr)})")
     if "BYMONTHDAY" in parts and freq_name == "WEEKLY":
-        raise _bad(f"rrule BYMONTHDAY cannot be used with FREQ=WEEKLY (in {_q(expr)}); use BYDAY")
+        raise invalid(f"rrule BYMONTHDAY cannot be used with FREQ=WEEKLY (in {quote(expr)}); use BYDAY")
     if "BYSETPOS" in parts and not any(p.startswith("BY") and p != "BYSETPOS" for p in parts):
-        raise _bad(f"rrule BYSETPOS needs another BY... part to select from (in {_q(expr)})")
+        raise invalid(f"rrule BYSETPOS needs another BY... part to select from (in {quote(expr)})")
 
 
 def _check_never_fires(kwargs: dict[str, Any], freq_name: str, expr: str) -> None:
@@ -218,21 +225,21 @@ def _check_never_fires(kwargs: dict[str, Any], freq_name: str, expr: str) -> Non
     monthdays: tuple[int, ...] = kwargs.get("bymonthday", ())
     if monthdays:
         months: tuple[int, ...] = kwargs.get("bymonth") or tuple(range(1, 13))
-        longest = max(_MAX_MONTH_DAYS[m] for m in months)
+        longest = max(MAX_MONTH_DAYS[m] for m in months)
         if all(abs(d) > longest for d in monthdays):
-            raise _bad(
-                f"rrule {_q(expr)} never fires: BYMONTHDAY {list(monthdays)} never occurs in month(s) {list(months)}"
+            raise invalid(
+                f"rrule {quote(expr)} never fires: BYMONTHDAY {list(monthdays)} never occurs in month(s) {list(months)}"
             )
     ordinals = [d.n for d in kwargs.get("byweekday", ()) if d.n is not None]
     if freq_name == "MONTHLY" and ordinals and all(abs(n) > 5 for n in ordinals):
-        raise _bad(f"rrule {_q(expr)} never fires: a month has at most 5 of each weekday")
+        raise invalid(f"rrule {quote(expr)} never fires: a month has at most 5 of each weekday")
 
 
-def _parse_rrule(expr: str, task_tz: ZoneInfo, anchor: datetime | None) -> _RRuleRule:
+def parse_rrule(expr: str, task_tz: ZoneInfo, anchor: datetime | None) -> RRuleRule:
     text = expr.replace("\\n", "\n").strip()
     lines = [line.strip() for line in re.split(r"[\r\n]+", text) if line.strip()]
     if not lines:
-        raise _bad(f"rrule expression is empty; {_RRULE_HELP}")
+        raise invalid(f"rrule expression is empty; {_RRULE_HELP}")
     dtstart_lines: list[tuple[str, str]] = []
     other: list[tuple[str, str, str]] = []
     for line in lines:
@@ -246,12 +253,12 @@ def _parse_rrule(expr: str, task_tz: ZoneInfo, anchor: datetime | None) -> _RRul
         elif "=" in line and ":" not in line.split("=", 1)[0]:
             other.append(("RRULE", "", line))
         else:
-            raise _bad(
-                f"rrule line {_q(line)} is not understood in {_q(expr)}; expected DTSTART:..., RRULE:..., "
+            raise invalid(
+                f"rrule line {quote(line)} is not understood in {quote(expr)}; expected DTSTART:..., RRULE:..., "
                 f"RDATE:..., EXDATE:... or a bare rule; {_RRULE_HELP}"
             )
     if len(dtstart_lines) > 1:
-        raise _bad(f"rrule {_q(expr)} has more than one DTSTART line")
+        raise invalid(f"rrule {quote(expr)} has more than one DTSTART line")
 
     eval_tz = task_tz
     if dtstart_lines:
@@ -260,7 +267,7 @@ def _parse_rrule(expr: str, task_tz: ZoneInfo, anchor: datetime | None) -> _RRul
         zone = _param_zone("DTSTART", params, expr)
         stamp = _parse_ical_time("DTSTART", value, expr)
         if stamp.utc and zone is not None:
-            raise _bad(f"rrule DTSTART {_q(value)} ends in Z but also has TZID (in {_q(expr)}); use one")
+            raise invalid(f"rrule DTSTART {quote(value)} ends in Z but also has TZID (in {quote(expr)}); use one")
         if zone is not None:
             eval_tz = zone  # RFC 5545: the recurrence is evaluated in DTSTART's zone
         dtstart = _to_eval_wall(stamp, None, eval_tz)
@@ -277,17 +284,17 @@ def _parse_rrule(expr: str, task_tz: ZoneInfo, anchor: datetime | None) -> _RRul
     for name, params_text, value in other:
         if name in ("RRULE", "EXRULE"):
             if params_text.strip(";").strip():
-                raise _bad(f"rrule {name} takes no parameters (in {_q(expr)})")
+                raise invalid(f"rrule {name} takes no parameters (in {quote(expr)})")
             kwargs = _rule_kwargs(value, eval_tz, expr)
             try:
                 built = du_rrule.rrule(dtstart=dtstart, **kwargs)
             except ValueError as exc:
                 if "empty set" in str(exc):
-                    raise _bad(
-                        f"rrule {_q(value)} never fires: counting by INTERVAL from DTSTART "
+                    raise invalid(
+                        f"rrule {quote(value)} never fires: counting by INTERVAL from DTSTART "
                         f"({dtstart.isoformat()}) never reaches its BYHOUR/BYMINUTE/BYSECOND values"
                     ) from None
-                raise _bad(f"rrule {_q(value)} is not valid: {exc} (in {_q(expr)})") from None
+                raise invalid(f"rrule {quote(value)} is not valid: {exc} (in {quote(expr)})") from None
             (rules if name == "RRULE" else exrules).append(built)
             continue
         params = _split_params(name, params_text, expr)
@@ -301,5 +308,5 @@ def _parse_rrule(expr: str, task_tz: ZoneInfo, anchor: datetime | None) -> _RRul
                 stamp = _IcalTime(datetime.combine(stamp.wall.date(), dtstart.time()), False, True)
             (rdates if name == "RDATE" else exdates).append(_to_eval_wall(stamp, zone, eval_tz))
     if not rules and not rdates:
-        raise _bad(f"rrule {_q(expr)} has no RRULE or RDATE; {_RRULE_HELP}")
-    return _RRuleRule(eval_tz, rules, exrules, rdates, exdates, exdays)
+        raise invalid(f"rrule {quote(expr)} has no RRULE or RDATE; {_RRULE_HELP}")
+    return RRuleRule(eval_tz, rules, exrules, rdates, exdates, exdays)

@@ -8,21 +8,21 @@ from datetime import UTC, datetime, timedelta
 from typing import Final
 from zoneinfo import ZoneInfo
 
-from pao_orchestrator.engine.schedule.errors import _bad, _q
+from pao_orchestrator.engine.schedule.errors import invalid, quote
 
 MIN_CONDITION_INTERVAL: Final = timedelta(seconds=1)
 MAX_CONDITION_INTERVAL: Final = timedelta(days=365)
 MAX_EVENT_PATTERN_LEN: Final = 256
 
 
-class _Rule:
+class Rule:
     """How one schedule computes its next fire; `after` is always tz-aware UTC."""
 
     def next_after(self, after: datetime) -> datetime | None:
         raise NotImplementedError
 
 
-class _NeverRule(_Rule):
+class NeverRule(Rule):
     """`event` schedules: fired by published events, never by the clock."""
 
     def next_after(self, after: datetime) -> datetime | None:
@@ -30,7 +30,7 @@ class _NeverRule(_Rule):
 
 
 @dataclass(frozen=True)
-class _OnceRule(_Rule):
+class OnceRule(Rule):
     instant: datetime  # UTC
 
     def next_after(self, after: datetime) -> datetime | None:
@@ -38,48 +38,48 @@ class _OnceRule(_Rule):
 
 
 @dataclass(frozen=True)
-class _IntervalRule(_Rule):
+class IntervalRule(Rule):
     interval: timedelta
 
     def next_after(self, after: datetime) -> datetime | None:
         return (after + self.interval).astimezone(UTC)
 
 
-def _parse_once(expr: str, tz: ZoneInfo) -> _OnceRule:
+def parse_once(expr: str, tz: ZoneInfo) -> OnceRule:
     text = expr.strip()
     hint = (
         "use an ISO 8601 date-time with offset, e.g. '2026-12-01T08:30:00+02:00' or "
         "'2026-12-01T06:30:00Z', or a local date-time such as '2026-12-01T08:30' (read in the task timezone)"
     )
     if re.fullmatch(r"\d{4}-?\d{2}-?\d{2}", text, re.ASCII):
-        raise _bad(f"once {_q(expr)} has no time of day; {hint}")
+        raise invalid(f"once {quote(expr)} has no time of day; {hint}")
     if text[-1:] == "z":
         text = text[:-1] + "Z"
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:
-        raise _bad(f"once {_q(expr)} is not an ISO 8601 date-time; {hint}") from None
+        raise invalid(f"once {quote(expr)} is not an ISO 8601 date-time; {hint}") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=tz)  # fold=0: same DST rule as cron and rrule
-    return _OnceRule(parsed.astimezone(UTC))
+    return OnceRule(parsed.astimezone(UTC))
 
 
 _EVENT_PATTERN = re.compile(r"[A-Za-z0-9_.:*>-]+", re.ASCII)
 
 
-def _parse_event(expr: str) -> _NeverRule:
+def parse_event(expr: str) -> NeverRule:
     text = expr.strip()
     hint = "e.g. 'orders.created' or 'orders.*'; allowed characters: letters, digits and _ . : * > -"
     if not text:
-        raise _bad(f"event topic pattern is empty; {hint}")
+        raise invalid(f"event topic pattern is empty; {hint}")
     if len(text) > MAX_EVENT_PATTERN_LEN:
-        raise _bad(f"event topic pattern {_q(text, 60)} is longer than {MAX_EVENT_PATTERN_LEN} characters")
+        raise invalid(f"event topic pattern {quote(text, 60)} is longer than {MAX_EVENT_PATTERN_LEN} characters")
     if not _EVENT_PATTERN.fullmatch(text):
         bad = sorted({c for c in text if not _EVENT_PATTERN.fullmatch(c)})
-        raise _bad(f"event topic pattern {_q(text)} contains {''.join(bad)!r}; {hint}")
+        raise invalid(f"event topic pattern {quote(text)} contains {''.join(bad)!r}; {hint}")
     if "" in text.split("."):
-        raise _bad(f"event topic pattern {_q(text)} has an empty segment between dots; {hint}")
-    return _NeverRule()
+        raise invalid(f"event topic pattern {quote(text)} has an empty segment between dots; {hint}")
+    return NeverRule()
 
 
 _ISO_DURATION = re.compile(
@@ -90,7 +90,7 @@ _ISO_DURATION = re.compile(
 _SECONDS = re.compile(r"\d+(?:\.\d+)?", re.ASCII)
 
 
-def _parse_condition(expr: str) -> _IntervalRule:
+def parse_condition(expr: str) -> IntervalRule:
     text = expr.strip().upper()
     hint = (
         "give the poll interval as seconds ('30') or an ISO 8601 duration ('PT30S', 'PT5M', 'PT1H', 'P1D'); "
@@ -107,9 +107,9 @@ def _parse_condition(expr: str) -> _IntervalRule:
             interval = timedelta(seconds=min(total, 1e10))
     if interval is None:
         extra = " (years and months are not allowed; use days)" if re.fullmatch(r"P.*[YM].*", text) else ""
-        raise _bad(f"condition interval {_q(expr)} is not valid{extra}; {hint}")
+        raise invalid(f"condition interval {quote(expr)} is not valid{extra}; {hint}")
     if interval < MIN_CONDITION_INTERVAL:
-        raise _bad(f"condition interval {_q(expr)} is shorter than 1 second; {hint}")
+        raise invalid(f"condition interval {quote(expr)} is shorter than 1 second; {hint}")
     if interval > MAX_CONDITION_INTERVAL:
-        raise _bad(f"condition interval {_q(expr)} is longer than {MAX_CONDITION_INTERVAL.days} days; {hint}")
-    return _IntervalRule(interval)
+        raise invalid(f"condition interval {quote(expr)} is longer than {MAX_CONDITION_INTERVAL.days} days; {hint}")
+    return IntervalRule(interval)

@@ -20,9 +20,10 @@ sequence of fires is strictly increasing.
 
 All instants returned are tz-aware UTC.
 
-This module is the public API. The math lives in one module per concept; each imports
-only modules listed before it: ``schedule_errors``, ``timezones``, ``schedule_rules``
-(once/event/condition), ``wallclock`` (DST rule), ``cron``, ``rrule_sets``, ``rrules``.
+This module is the schedule room's main API (re-exported by its door). The math lives in
+one module per concept; each imports only modules listed before it: ``errors``,
+``timezones``, ``rules`` (once/event/condition), ``wallclock`` (DST rule), ``cron``,
+``rrule_sets``, ``rrules``.
 """
 
 from __future__ import annotations
@@ -31,39 +32,23 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Final, Literal, cast, get_args
+from typing import Final
 from zoneinfo import ZoneInfo
 
-from pao_orchestrator.engine.schedule.cron import _CronRule
-from pao_orchestrator.engine.schedule.errors import _bad, _q, _require_aware
-from pao_orchestrator.engine.schedule.rrules import _parse_rrule
+from pao_orchestrator.engine.schedule.cron import CronRule
+from pao_orchestrator.engine.schedule.errors import invalid, quote, require_aware
+from pao_orchestrator.engine.schedule.rrules import parse_rrule
 from pao_orchestrator.engine.schedule.rules import (
-    _IntervalRule,
-    _OnceRule,
-    _parse_condition,
-    _parse_event,
-    _parse_once,
-    _Rule,
+    IntervalRule,
+    OnceRule,
+    Rule,
+    parse_condition,
+    parse_event,
+    parse_once,
 )
 from pao_orchestrator.engine.schedule.timezones import format_local, load_timezone
 from pao_orchestrator.errors import InvalidArgument
-
-__all__ = [
-    "MAX_PREVIEW",
-    "SCHEDULE_KINDS",
-    "TIME_KINDS",
-    "Schedule",
-    "ScheduleKind",
-    "format_local",
-    "load_timezone",
-    "parse_schedule",
-    "preview",
-    "validate_schedule",
-]
-
-ScheduleKind = Literal["cron", "rrule", "once", "event", "condition"]
-SCHEDULE_KINDS: Final[frozenset[str]] = frozenset(get_args(ScheduleKind))
-TIME_KINDS: Final[frozenset[str]] = frozenset({"cron", "rrule", "once"})
+from pao_orchestrator.vocabulary import TIME_KINDS, ScheduleKind
 
 MAX_PREVIEW: Final = 100
 MAX_EXPR_LEN: Final = 4096
@@ -77,7 +62,7 @@ class Schedule:
     kind: ScheduleKind
     expr: str
     tz: ZoneInfo
-    _rule: _Rule = field(repr=False)
+    _rule: Rule = field(repr=False)
     # One slot holding the last (after, next) pair: thousands of tasks share a schedule
     # and ask for the same `after`. Replaced whole, so concurrent readers see a pair.
     _memo: list[tuple[datetime, datetime | None] | None] = field(default_factory=lambda: [None], repr=False)
@@ -89,11 +74,11 @@ class Schedule:
     @property
     def interval(self) -> timedelta | None:
         """The poll interval of a `condition` schedule, else None."""
-        return self._rule.interval if isinstance(self._rule, _IntervalRule) else None
+        return self._rule.interval if isinstance(self._rule, IntervalRule) else None
 
     def next_after(self, after: datetime) -> datetime | None:
         """The first fire strictly after `after` (tz-aware UTC), or None when exhausted."""
-        _require_aware(after, "after")
+        require_aware(after, "after")
         last = self._memo[0]
         if last is not None and last[0] == after:
             return last[1]
@@ -118,11 +103,11 @@ class Schedule:
 
 
 def _check_kind(kind: str) -> ScheduleKind:
-    if kind not in SCHEDULE_KINDS:
-        raise InvalidArgument(
-            "schedule_kind", f"unknown schedule kind {kind!r}; use one of cron, rrule, once, event, condition"
-        )
-    return cast(ScheduleKind, kind)
+    try:
+        return ScheduleKind(kind)
+    except ValueError:
+        known = ", ".join(ScheduleKind)
+        raise InvalidArgument("schedule_kind", f"unknown schedule kind {kind!r}; use one of {known}") from None
 
 
 def parse_schedule(kind: str, expr: str, timezone: str, *, anchor: datetime) -> Schedule:
@@ -131,14 +116,14 @@ def parse_schedule(kind: str, expr: str, timezone: str, *, anchor: datetime) -> 
     `anchor` (tz-aware) is the task's creation instant: an rrule without DTSTART starts at
     the anchor's wall time in the task zone (microseconds dropped), so COUNT is stable.
     """
-    _require_aware(anchor, "anchor")
+    require_aware(anchor, "anchor")
     checked = _check_kind(kind)
     if not isinstance(expr, str):
-        raise _bad(f"schedule_expr must be a string, got {type(expr).__name__}")
+        raise invalid(f"schedule_expr must be a string, got {type(expr).__name__}")
     if len(expr) > MAX_EXPR_LEN:
-        raise _bad(f"schedule_expr {_q(expr, 60)} is {len(expr)} characters long; at most {MAX_EXPR_LEN}")
+        raise invalid(f"schedule_expr {quote(expr, 60)} is {len(expr)} characters long; at most {MAX_EXPR_LEN}")
     key_anchor: datetime | None = None
-    if checked == "rrule" and "DTSTART" not in expr.upper():
+    if checked == ScheduleKind.RRULE and "DTSTART" not in expr.upper():
         key_anchor = anchor.astimezone(UTC).replace(microsecond=0)
     return _parse_cached(checked, expr, timezone, key_anchor)
 
@@ -146,34 +131,34 @@ def parse_schedule(kind: str, expr: str, timezone: str, *, anchor: datetime) -> 
 @functools.lru_cache(maxsize=4096)
 def _parse_cached(kind: ScheduleKind, expr: str, timezone: str, anchor: datetime | None) -> Schedule:
     tz = load_timezone(timezone)
-    builders: dict[str, Callable[[], _Rule]] = {
-        "cron": lambda: _CronRule(expr, tz),
-        "rrule": lambda: _parse_rrule(expr, tz, anchor),
-        "once": lambda: _parse_once(expr, tz),
-        "event": lambda: _parse_event(expr),
-        "condition": lambda: _parse_condition(expr),
+    builders: dict[ScheduleKind, Callable[[], Rule]] = {
+        ScheduleKind.CRON: lambda: CronRule(expr, tz),
+        ScheduleKind.RRULE: lambda: parse_rrule(expr, tz, anchor),
+        ScheduleKind.ONCE: lambda: parse_once(expr, tz),
+        ScheduleKind.EVENT: lambda: parse_event(expr),
+        ScheduleKind.CONDITION: lambda: parse_condition(expr),
     }
     return Schedule(kind, expr, tz, builders[kind]())
 
 
 def validate_schedule(kind: str, expr: str, timezone: str, *, now: datetime, anchor: datetime) -> Schedule:
     """parse_schedule, plus: a time-based schedule must fire at least once strictly after `now`."""
-    _require_aware(now, "now")
+    require_aware(now, "now")
     schedule = parse_schedule(kind, expr, timezone, anchor=anchor)
     if schedule.kind not in TIME_KINDS or schedule.next_after(now) is not None:
         return schedule
     now_local = format_local(now, schedule.tz)
-    if isinstance(schedule._rule, _OnceRule):
+    if isinstance(schedule._rule, OnceRule):
         when = format_local(schedule._rule.instant, schedule.tz)
-        raise _bad(
-            f"once {_q(expr)} is in the past (it is {when}; now is {now_local} in {schedule.tz.key}); "
+        raise invalid(
+            f"once {quote(expr)} is in the past (it is {when}; now is {now_local} in {schedule.tz.key}); "
             "give a future instant"
         )
-    if schedule.kind == "cron":
+    if schedule.kind == ScheduleKind.CRON:
         reason = "no date matches its day-of-month/month/day-of-week fields"
     else:
         reason = "its COUNT/UNTIL is already exhausted or no date matches all of its parts"
-    raise _bad(f"{schedule.kind} {_q(expr)} never fires after now ({now_local}): {reason}")
+    raise invalid(f"{schedule.kind} {quote(expr)} never fires after now ({now_local}): {reason}")
 
 
 def preview(
@@ -189,7 +174,7 @@ def preview(
     """The next `count` (1..100) fires strictly after `after` (default: now), UTC-aware.
 
     Syntax errors raise InvalidArgument; a schedule with no fire left returns []."""
-    _require_aware(now, "now")
+    require_aware(now, "now")
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_PREVIEW:
         raise InvalidArgument("count", f"count {count!r} must be an integer from 1 to {MAX_PREVIEW}")
     if after is None:
@@ -197,7 +182,7 @@ def preview(
     elif not isinstance(after, datetime) or after.tzinfo is None or after.utcoffset() is None:
         raise InvalidArgument(
             "after",
-            f"after {_q(str(after))} has no UTC offset; give an ISO 8601 instant with offset, "
+            f"after {quote(str(after))} has no UTC offset; give an ISO 8601 instant with offset, "
             "e.g. '2026-03-29T08:00:00+03:00' or '2026-03-29T05:00:00Z'",
         )
     schedule = parse_schedule(kind, expr, timezone, anchor=anchor if anchor is not None else now)

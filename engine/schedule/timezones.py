@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Final
 from zoneinfo import ZoneInfo, available_timezones
 
-from pao_orchestrator.engine.schedule.errors import _q, _require_aware
+from pao_orchestrator.engine.schedule.errors import quote, require_aware
 from pao_orchestrator.errors import InvalidArgument
 
 _IANA_HINT: Final = "use an IANA name such as 'Europe/Chisinau' or 'UTC'"
@@ -43,7 +43,7 @@ _OFFSET_LIKE = re.compile(r"(?:utc|gmt)?\s*([+-])\s*(\d{1,2})(?::?(\d{2}))?", re
 
 
 def _unknown_timezone_message(name: str) -> str:
-    message = f"unknown timezone {_q(name)}; {_IANA_HINT}"
+    message = f"unknown timezone {quote(name)}; {_IANA_HINT}"
     stripped = name.strip()
     guess = _zone_names_by_lower().get(stripped.lower().replace(" ", "_"))
     if guess is not None:
@@ -60,5 +60,5 @@ def _unknown_timezone_message(name: str) -> str:
 
 def format_local(instant: datetime, tz: ZoneInfo) -> str:
     """ISO 8601 of `instant` in zone `tz` with its offset, e.g. '2026-03-29T03:30:00+03:00'."""
-    _require_aware(instant, "instant")
+    require_aware(instant, "instant")
     return instant.astimezone(tz).isoformat()

@@ -1,6 +1,6 @@
 """Naive wall-clock time in a zone mapped to UTC instants, and the DST gap/fold rule.
 
-Cron and rrule are iterated on NAIVE wall-clock times; `_WallRule` turns those into a strictly
+Cron and rrule are iterated on NAIVE wall-clock times; `WallRule` turns those into a strictly
 increasing sequence of UTC fires (see the wall-clock rule in `engine.schedules`).
 """
 
@@ -10,11 +10,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Final
 from zoneinfo import ZoneInfo
 
-from pao_orchestrator.engine.schedule.rules import _Rule
+from pao_orchestrator.engine.schedule.rules import Rule
 
 # A pathological expression must not loop forever: after this many candidate wall
 # times without a fire, the schedule is treated as having no further fire.
-_ITERATION_CAP: Final = 10_000
+ITERATION_CAP: Final = 10_000
 
 # How far back to look for a DST gap that could make a wall time before `after`'s own
 # wall time fire after `after` (covers every real-world offset jump, including a
@@ -22,10 +22,10 @@ _ITERATION_CAP: Final = 10_000
 _GAP_LOOKBACK: Final = timedelta(days=2)
 
 # Longest length of each month (index 1..12; February in a leap year).
-_MAX_MONTH_DAYS: Final = (0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+MAX_MONTH_DAYS: Final = (0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
 
-def _wall_to_utc(wall: datetime, tz: ZoneInfo) -> datetime:
+def wall_to_utc(wall: datetime, tz: ZoneInfo) -> datetime:
     # fold=0: a wall time in a gap uses the pre-transition offset (lands after the gap
     # at the same distance), an ambiguous wall time is its first occurrence.
     return wall.replace(tzinfo=tz).astimezone(UTC)
@@ -53,7 +53,7 @@ def _start_wall(after: datetime, tz: ZoneInfo) -> datetime:
     return wall
 
 
-class _WallRule(_Rule):
+class WallRule(Rule):
     """A rule iterated on naive wall-clock times in `tz` (cron, rrule)."""
 
     tz: ZoneInfo
@@ -65,12 +65,12 @@ class _WallRule(_Rule):
     def next_after(self, after: datetime) -> datetime | None:
         tz = self.tz
         wall: datetime | None = _start_wall(after, tz)
-        for _ in range(_ITERATION_CAP):
+        for _ in range(ITERATION_CAP):
             assert wall is not None
             wall = self.next_wall(wall)
             if wall is None:
                 return None
-            instant = _wall_to_utc(wall, tz)
+            instant = wall_to_utc(wall, tz)
             if instant <= after:
                 continue
             local = instant.astimezone(tz)
@@ -83,12 +83,12 @@ class _WallRule(_Rule):
                 offset = local.utcoffset()
                 assert offset is not None
                 probe: datetime | None = max(wall, after.astimezone(UTC).replace(tzinfo=None) + offset)
-                for _ in range(_ITERATION_CAP):
+                for _ in range(ITERATION_CAP):
                     assert probe is not None
                     probe = self.next_wall(probe)
                     if probe is None or probe >= real_wall:
                         break
-                    candidate = _wall_to_utc(probe, tz)
+                    candidate = wall_to_utc(probe, tz)
                     if after < candidate < instant:
                         return candidate
             return instant

@@ -1,1 +1,30 @@
-"""TODO door."""
+"""Templating: the `${...}` sandbox that pipeline steps and keys are rendered in (pure; no I/O).
+
+The door of the templating room. See `rendering` for the syntax and rules.
+"""
+
+from __future__ import annotations
+
+from pao_orchestrator.engine.templating.checks import (
+    ALLOWED_ROOTS,
+    check_pipeline_templates,
+    check_template,
+    references,
+)
+from pao_orchestrator.engine.templating.errors import TemplateError
+from pao_orchestrator.engine.templating.rendering import build_context, is_templated, render
+from pao_orchestrator.engine.templating.secrets import REDACTED, Secrets, redact
+
+__all__ = [
+    "ALLOWED_ROOTS",
+    "REDACTED",
+    "Secrets",
+    "TemplateError",
+    "build_context",
+    "check_pipeline_templates",
+    "check_template",
+    "is_templated",
+    "redact",
+    "references",
+    "render",
+]

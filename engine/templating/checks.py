@@ -13,8 +13,9 @@ from dataclasses import field as dataclass_field
 from typing import Any, Final
 
 from jinja2.exceptions import TemplateSyntaxError
-from pao_orchestrator.engine.templating.errors import TemplateError, _join, _kind, _names, _quote
-from pao_orchestrator.engine.templating.sandbox import Path, _compile, _syntax_message, _unescape
+
+from pao_orchestrator.engine.templating.errors import TemplateError, join_path, kind_of, list_names, quote
+from pao_orchestrator.engine.templating.sandbox import Path, compile_template, syntax_message, unescape
 from pao_orchestrator.errors import InvalidArgument
 
 ALLOWED_ROOTS: Final = frozenset({"steps", "trigger", "task", "run", "secrets", "now", "event"})
@@ -36,9 +37,9 @@ def references(value: Any) -> set[Path]:
         if "${" not in leaf:
             continue
         try:
-            compiled = _compile(_unescape(leaf))
+            compiled = compile_template(unescape(leaf))
         except TemplateSyntaxError as exc:
-            raise TemplateError(f"{_quote(leaf)}: syntax error: {_syntax_message(exc)}") from None
+            raise TemplateError(f"{quote(leaf)}: syntax error: {syntax_message(exc)}") from None
         found.update(compiled.chains)
     return found
 
@@ -77,14 +78,14 @@ def check_pipeline_templates(
     names: list[str | None] = []
     for index, step in enumerate(pipeline):
         if not isinstance(step, Mapping):
-            raise InvalidArgument(f"{field}[{index}]", f"a step must be an object, got {_kind(step)}")
+            raise InvalidArgument(f"{field}[{index}]", f"a step must be an object, got {kind_of(step)}")
         step_id, save_as = step.get("id"), step.get("save_as")
         ids.append(step_id if isinstance(step_id, str) else None)
         names.append(save_as if isinstance(save_as, str) else None)
         if isinstance(save_as, str) and save_as in roots:
             raise InvalidArgument(
                 f"{field}[{index}].save_as",
-                f"{save_as!r} is a built-in name; choose another (built-in names: {_names(sorted(roots))})",
+                f"{save_as!r} is a built-in name; choose another (built-in names: {list_names(sorted(roots))})",
             )
     for index, step in enumerate(pipeline):
         if "with" not in step:
@@ -106,7 +107,7 @@ def _string_leaves(value: Any, field: str) -> Iterator[tuple[str, str]]:
         yield value, field
     elif isinstance(value, Mapping):
         for key, item in value.items():
-            yield from _string_leaves(item, _join(field, key))
+            yield from _string_leaves(item, join_path(field, key))
     elif isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
             yield from _string_leaves(item, f"{field}[{index}]")
@@ -117,14 +118,14 @@ def _check_value(value: Any, field: str, scope: _Scope) -> None:
         if "${" in leaf:
             problem = _check_source(leaf, scope)
             if problem is not None:
-                raise InvalidArgument(leaf_field, f"{_quote(leaf)}: {problem}")
+                raise InvalidArgument(leaf_field, f"{quote(leaf)}: {problem}")
 
 
 def _check_source(source: str, scope: _Scope) -> str | None:
     try:
-        compiled = _compile(_unescape(source))
+        compiled = compile_template(unescape(source))
     except TemplateSyntaxError as exc:
-        return f"syntax error: {_syntax_message(exc)}"
+        return f"syntax error: {syntax_message(exc)}"
     if compiled.includes:
         return "include, import and extends are not available in pipeline templates"
     checked: set[str] = set()
@@ -154,13 +155,13 @@ def _unknown_root(root: str, scope: _Scope) -> str:
             f"; {root!r} is saved by a later step (pipeline[{scope.later_names[root]}]), "
             "and a step can only read earlier steps"
         )
-    return f"unknown name {root!r}{note}; available: {_names(sorted(scope.roots))}"
+    return f"unknown name {root!r}{note}; available: {list_names(sorted(scope.roots))}"
 
 
 def _check_step_ref(step_id: str | int, scope: _Scope) -> str | None:
     if step_id in scope.steps:
         return None
-    earlier = _names(scope.steps, "(none: this is the first step)")
+    earlier = list_names(scope.steps, "(none: this is the first step)")
     if step_id == scope.current_step:
         return f"step {step_id!r} is this step; a step cannot read its own output; earlier steps: {earlier}"
     if isinstance(step_id, str) and step_id in scope.later_steps:

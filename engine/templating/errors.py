@@ -1,6 +1,6 @@
 """Errors a pipeline template raises, and the wording helpers their messages share.
 
-`TemplateError` is what callers see; `_ValueProblem` and `_Missing` are raised
+`TemplateError` is what callers see; `ValueProblem` and `MissingValue` are raised
 inside rendering and turned into a TemplateError quoting the template (see
 `engine.templates`).
 """
@@ -12,6 +12,7 @@ from typing import Any, Final
 
 from jinja2.exceptions import UndefinedError
 from jinja2.utils import missing
+
 from pao_orchestrator.errors import StepError
 
 _QUOTE_LIMIT: Final = 200
@@ -25,11 +26,11 @@ class TemplateError(StepError):
         super().__init__(message, retryable=False)
 
 
-class _ValueProblem(Exception):
+class ValueProblem(Exception):
     """Raised inside rendering (filters, finalize) and turned into a TemplateError quoting the template."""
 
 
-class _Missing(UndefinedError):
+class MissingValue(UndefinedError):
     """An undefined value was used; carries the object and the name that was looked up."""
 
     def __init__(self, message: str | None = None, *, obj: Any = missing, name: Any = None) -> None:
@@ -41,22 +42,22 @@ class _Missing(UndefinedError):
 # --------------------------------------------------------------------------- messages
 
 
-def _quote(source: str) -> str:
+def quote(source: str) -> str:
     if len(source) > _QUOTE_LIMIT:
         source = source[: _QUOTE_LIMIT - 3] + "..."
     return f"'{source}'"
 
 
-def _short_repr(value: Any) -> str:
+def short_repr(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _join(field: str, key: Any) -> str:
+def join_path(field: str, key: Any) -> str:
     return f"{field}.{key}" if field else str(key)
 
 
-def _names(keys: Iterable[Any], empty: str = "(none)") -> str:
+def list_names(keys: Iterable[Any], empty: str = "(none)") -> str:
     names = [str(k) for k in keys]
     if not names:
         return empty
@@ -65,7 +66,7 @@ def _names(keys: Iterable[Any], empty: str = "(none)") -> str:
     return ", ".join(names)
 
 
-def _kind(value: Any) -> str:
+def kind_of(value: Any) -> str:
     if value is None:
         return "null"
     if isinstance(value, bool):

@@ -19,7 +19,8 @@ from jinja2.exceptions import SecurityError, TemplateSyntaxError, UndefinedError
 from jinja2.runtime import Context, StrictUndefined, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import missing
-from pao_orchestrator.engine.templating.errors import _kind, _Missing, _short_repr, _ValueProblem
+
+from pao_orchestrator.engine.templating.errors import MissingValue, ValueProblem, kind_of, short_repr
 from pao_orchestrator.engine.templating.secrets import Secrets
 
 _ESCAPE: Final = "$${"
@@ -43,7 +44,7 @@ class _Undefined(StrictUndefined):
         exc: type[jinja2.exceptions.TemplateRuntimeError] = UndefinedError,
     ) -> None:
         if exc is UndefinedError:
-            exc = cast("type[UndefinedError]", functools.partial(_Missing, obj=obj, name=name))
+            exc = cast("type[UndefinedError]", functools.partial(MissingValue, obj=obj, name=name))
         super().__init__(hint, obj, name, exc)
 
 
@@ -108,7 +109,7 @@ def _finalize(value: Any) -> Any:
         return _dumps(value)
     if isinstance(value, (int, float)):
         return value
-    return _dumps(_to_json_value(value))
+    return _dumps(to_json_value(value))
 
 
 _NO_DEFAULT: Final[Any] = object()
@@ -135,7 +136,7 @@ def _int_filter(value: Any, default: Any = _NO_DEFAULT, base: int = 10) -> Any:
         pass
     if default is not _NO_DEFAULT:
         return default
-    raise _ValueProblem(f"int: cannot convert {_short_repr(value)} to an integer; int(0) gives a fallback")
+    raise ValueProblem(f"int: cannot convert {short_repr(value)} to an integer; int(0) gives a fallback")
 
 
 def _float_filter(value: Any, default: Any = _NO_DEFAULT) -> Any:
@@ -149,21 +150,21 @@ def _float_filter(value: Any, default: Any = _NO_DEFAULT) -> Any:
         pass
     if default is not _NO_DEFAULT:
         return default
-    raise _ValueProblem(f"float: cannot convert {_short_repr(value)} to a number; float(0) gives a fallback")
+    raise ValueProblem(f"float: cannot convert {short_repr(value)} to a number; float(0) gives a fallback")
 
 
 def _fromjson_filter(value: Any) -> Any:
     _fail_if_undefined(value)
     if not isinstance(value, (str, bytes)):
-        raise _ValueProblem(f"fromjson: expects a string, got {_kind(value)}")
+        raise ValueProblem(f"fromjson: expects a string, got {kind_of(value)}")
     try:
         return json.loads(value)
     except ValueError as exc:
-        raise _ValueProblem(f"fromjson: not valid JSON ({exc}): {_short_repr(value)}") from None
+        raise ValueProblem(f"fromjson: not valid JSON ({exc}): {short_repr(value)}") from None
 
 
 def _tojson_filter(value: Any, indent: int | None = None) -> str:
-    return _dumps(_to_json_value(value), indent=indent)
+    return _dumps(to_json_value(value), indent=indent)
 
 
 def _make_environment() -> _Environment:
@@ -197,7 +198,7 @@ _env: Final = _make_environment()
 
 
 @dataclass(frozen=True)
-class _Compiled:
+class Compiled:
     template: jinja2.Template
     exact: bool  # the whole string is one `${ expr }`: evaluate and keep the type
     chains: tuple[Path, ...]  # name.field[...] paths the template reads, in source order
@@ -205,12 +206,12 @@ class _Compiled:
     includes: bool  # uses include/import/extends
 
 
-def _unescape(source: str) -> str:
+def unescape(source: str) -> str:
     return source.replace(_ESCAPE, _ESCAPED)
 
 
 @functools.lru_cache(maxsize=4096)
-def _compile(source: str) -> _Compiled:
+def compile_template(source: str) -> Compiled:
     """Compile a (pre-escaped) template once; raises TemplateSyntaxError."""
     ast = _env.parse(source)
     chains = tuple(_chains(ast))
@@ -225,7 +226,7 @@ def _compile(source: str) -> _Compiled:
     else:
         template = _env.from_string(source)
     chains = tuple(c for c in chains if c[0] in undeclared)
-    return _Compiled(template, expression is not None, chains, frozenset(undeclared), includes)
+    return Compiled(template, expression is not None, chains, frozenset(undeclared), includes)
 
 
 def _single_expression(ast: nodes.Template) -> nodes.Expr | None:
@@ -267,21 +268,21 @@ def _chains(node: nodes.Node) -> Iterator[Path]:
 # --------------------------------------------------------------------------- JSON values
 
 
-def _to_json_value(value: Any) -> Any:
+def to_json_value(value: Any) -> Any:
     """Check (and copy) a result so only JSON values leave the sandbox."""
     if value is None or isinstance(value, (str, bool, int, float)):
         return value
     if isinstance(value, Undefined):
         value._fail_with_undefined_error()
     if isinstance(value, Secrets):
-        raise _ValueProblem("read a secret by name, e.g. ${secrets.TOKEN}")
+        raise ValueProblem("read a secret by name, e.g. ${secrets.TOKEN}")
     if isinstance(value, Mapping):
-        return {_json_key(k): _to_json_value(v) for k, v in value.items()}
+        return {_json_key(k): to_json_value(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset, Iterator)):
-        return [_to_json_value(v) for v in value]
+        return [to_json_value(v) for v in value]
     if isinstance(value, (datetime, date, dtime)):
         return value.isoformat()
-    raise _ValueProblem(
+    raise ValueProblem(
         f"the result is a {type(value).__name__}, not a JSON value "
         "(string, number, boolean, null, list or object); did you mean a field, or forget ()?"
     )
@@ -294,10 +295,10 @@ def _json_key(key: Any) -> str:
         return _dumps(key)
     if isinstance(key, (int, float)):
         return str(key)
-    raise _ValueProblem(f"an object key is a {type(key).__name__}; keys must be strings")
+    raise ValueProblem(f"an object key is a {type(key).__name__}; keys must be strings")
 
 
-def _syntax_message(exc: TemplateSyntaxError) -> str:
+def syntax_message(exc: TemplateSyntaxError) -> str:
     message = exc.message or "invalid template"
     if message.startswith("No filter named"):
         message += f" Filters: {', '.join(sorted(_env.filters))}"

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import copy
-import os
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
+from pao_orchestrator.contracts import SECRET_ENV_PREFIX as SECRET_PREFIX
 from pao_orchestrator.engine.templating.errors import TemplateError
 
-SECRET_PREFIX: Final = "PAO_SECRET_"
 REDACTED: Final = "***"
 MIN_REDACT_LENGTH: Final = 4
 
@@ -25,11 +24,10 @@ class Secrets:
 
     __slots__ = ("_used", "_values")
 
-    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
-        source = os.environ if environ is None else environ
+    def __init__(self, environ: Mapping[str, str]) -> None:
         self._values: dict[str, str] = {
             key[len(SECRET_PREFIX) :]: value
-            for key, value in source.items()
+            for key, value in environ.items()
             if key.startswith(SECRET_PREFIX) and len(key) > len(SECRET_PREFIX)
         }
         self._used: dict[str, str] = {}

@@ -13,9 +13,8 @@ from uuid import UUID
 
 import asyncpg
 import pytest
-from pao_orchestrator.store.embedded import EmbeddedPostgres
-from pao_orchestrator.store.migrate import migrate
 
+from pao_orchestrator.store import EmbeddedPostgres, migrate
 from tests.engine.support import create, engine_on, wait_run
 
 LEASE = "1.5"

@@ -11,10 +11,9 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+
+from pao_orchestrator.engine import Agent, Engine, Run, Settings, open_engine
 from pao_orchestrator.engine import tasks as task_service
-from pao_orchestrator.engine.app import Engine, open_engine
-from pao_orchestrator.engine.models import Agent, Run
-from pao_orchestrator.engine.settings import Settings
 from pao_orchestrator.store import agents as agent_store
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled", "skipped"})
@@ -81,7 +80,7 @@ class NoTools:
 
 async def owner(db: asyncpg.Pool) -> Agent:
     async with db.acquire() as conn:
-        return Agent.model_validate(await agent_store.ensure_owner(conn))
+        return Agent.model_validate((await agent_store.ensure_owner(conn)).as_dict())
 
 
 async def new_task(

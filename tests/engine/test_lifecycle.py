@@ -9,10 +9,10 @@ from uuid import UUID
 
 import asyncpg
 import pytest
-from pao_orchestrator.engine import lifecycle
-from pao_orchestrator.engine.runtime.scheduler import Scheduler
-from pao_orchestrator.errors import Conflict, InvalidArgument
 
+from pao_orchestrator.engine import lifecycle
+from pao_orchestrator.engine.runtime import Scheduler
+from pao_orchestrator.errors import Conflict, InvalidArgument
 from tests.engine import support
 from tests.engine.support import NoTools, owner, runs_of, task_row
 

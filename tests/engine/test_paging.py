@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pao_orchestrator.errors import InvalidArgument
 
+from pao_orchestrator.errors import InvalidArgument
 from tests.engine.support import create, engine_on
 
 

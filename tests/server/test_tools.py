@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from mcp import Client
-from pao_orchestrator.server.app import create_server
 
+from pao_orchestrator.server.app import create_server
 from tests.engine.support import engine_on
 
 READS = {"get_task", "list_tasks", "get_run", "list_runs", "list_downstream_tools", "health", "preview_schedule"}

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from pao_orchestrator.errors import PaoError
-from pao_orchestrator.store.migrate import discover, migrate
-from pao_orchestrator.store.queries import names, sql
 
+from pao_orchestrator.errors import PaoError
+from pao_orchestrator.store import migrate
+from pao_orchestrator.store.migrator import discover
+from pao_orchestrator.store.queries import names, sql
 from tests.conftest import with_database
 
 FIXED_TABLES = {"agents", "tasks", "runs", "run_steps", "events", "audit_log", "schema_migrations"}

@@ -8,6 +8,7 @@ stdio, SSE and streamable HTTP.
 from __future__ import annotations
 
 import io
+import os
 import socket
 import subprocess
 import sys
@@ -18,17 +19,18 @@ from typing import Any
 import anyio
 import psutil
 import pytest
-from pao_orchestrator.engine.downstream.pool import (
+
+from pao_orchestrator.engine.downstream import (
     DownstreamConfigError,
     DownstreamError,
     DownstreamPool,
     DownstreamRejected,
     DownstreamTimeout,
     DownstreamUnavailable,
+    Registry,
     UnknownServer,
     UnknownTool,
 )
-from pao_orchestrator.engine.downstream.registry import Registry
 
 FIXTURE = Path(__file__).parent / "fixtures" / "fixture_server.py"
 TIME = {"command": sys.executable, "args": ["-m", "mcp_server_time", "--local-timezone", "UTC"]}
@@ -77,7 +79,7 @@ async def wait_gone(pids: list[int], limit: float = 10.0) -> None:
 
 async def test_time_server_call_structured_and_session_reused() -> None:
     with anyio.fail_after(30):
-        async with DownstreamPool(registry(time=TIME)) as pool:
+        async with DownstreamPool(registry(time=TIME), environ=os.environ) as pool:
             pids = set()
             for _ in range(3):
                 out = await pool.call_tool("time", "get_current_time", {"timezone": "Europe/Chisinau"})
@@ -102,7 +104,7 @@ async def test_time_server_call_structured_and_session_reused() -> None:
 
 async def test_concurrent_first_calls_open_one_process() -> None:
     with anyio.fail_after(30):
-        async with DownstreamPool(registry(time=TIME)) as pool:
+        async with DownstreamPool(registry(time=TIME), environ=os.environ) as pool:
             results: list[Any] = []
 
             async def call() -> None:
@@ -118,7 +120,7 @@ async def test_concurrent_first_calls_open_one_process() -> None:
 
 async def test_unknown_tool_unknown_server_and_tool_error() -> None:
     with anyio.fail_after(30):
-        async with DownstreamPool(registry(time=TIME, other=FX)) as pool:
+        async with DownstreamPool(registry(time=TIME, other=FX), environ=os.environ) as pool:
             with pytest.raises(UnknownTool) as tool_info:
                 await pool.call_tool("time", "nosuch", {})
             message = str(tool_info.value)
@@ -143,7 +145,7 @@ async def test_unknown_tool_unknown_server_and_tool_error() -> None:
 
 
 async def test_no_servers_configured_message() -> None:
-    async with DownstreamPool(Registry()) as pool:
+    async with DownstreamPool(Registry(), environ=os.environ) as pool:
         with pytest.raises(UnknownServer, match="no downstream servers are configured"):
             await pool.call_tool("time", "get_current_time", {})
         assert await pool.list_tools() == {}
@@ -154,7 +156,7 @@ async def test_no_servers_configured_message() -> None:
 
 async def test_output_conversion() -> None:
     with anyio.fail_after(30):
-        async with DownstreamPool(registry(fx=FX)) as pool:
+        async with DownstreamPool(registry(fx=FX), environ=os.environ) as pool:
             echo = await pool.call_tool("fx", "echo", {"message": "hi"})
             assert echo.value == {"message": "hi"}
 
@@ -183,7 +185,7 @@ async def test_output_conversion() -> None:
 async def test_crash_mid_call_is_retryable_and_next_call_restarts() -> None:
     errors = io.StringIO()  # no file descriptor: exercises the stderr pump
     with anyio.fail_after(40):
-        async with DownstreamPool(registry(fx=FX), stderr=errors) as pool:
+        async with DownstreamPool(registry(fx=FX), environ=os.environ, stderr=errors) as pool:
             first = await pid_of(pool, "fx")
             cached = pool._sessions["fx"].tools  # the listing is fetched once per session...
             assert cached is not None and "crash" in {t.name for t in cached}
@@ -205,7 +207,7 @@ async def test_hung_server_times_out_and_is_restarted(tmp_path: Path) -> None:
     log = (tmp_path / "stderr.log").open("w")
     try:
         with anyio.fail_after(40):
-            async with DownstreamPool(registry(fx=FX), stderr=log, ping_timeout=1.0) as pool:
+            async with DownstreamPool(registry(fx=FX), environ=os.environ, stderr=log, ping_timeout=1.0) as pool:
                 first = await pid_of(pool, "fx")
                 with pytest.raises(DownstreamTimeout) as info:
                     await pool.call_tool("fx", "hang", {"seconds": 30}, timeout=1.0)
@@ -222,7 +224,7 @@ async def test_hung_server_times_out_and_is_restarted(tmp_path: Path) -> None:
 
 async def test_slow_but_alive_server_keeps_its_session() -> None:
     with anyio.fail_after(30):
-        async with DownstreamPool(registry(fx=FX), default_call_timeout=0.5) as pool:
+        async with DownstreamPool(registry(fx=FX), environ=os.environ, default_call_timeout=0.5) as pool:
             first = await pid_of(pool, "fx")
             with pytest.raises(DownstreamTimeout, match=r"within 0\.5s"):
                 await pool.call_tool("fx", "sleep", {"seconds": 5})
@@ -236,7 +238,9 @@ async def test_server_that_fails_to_start() -> None:
     }
     missing = {"command": "/nonexistent/pao-test-server"}
     with anyio.fail_after(30):
-        async with DownstreamPool(registry(exits=exits, missing=missing, time=TIME), stderr=io.StringIO()) as pool:
+        async with DownstreamPool(
+            registry(exits=exits, missing=missing, time=TIME), environ=os.environ, stderr=io.StringIO()
+        ) as pool:
             with pytest.raises(DownstreamUnavailable) as info:
                 await pool.call_tool("exits", "anything", {})
             assert info.value.retryable is True
@@ -265,7 +269,7 @@ async def test_env_resolution_and_secret_withholding(monkeypatch: pytest.MonkeyP
     }
     broken = {"command": sys.executable, "env": {"KEY": "${env:PAO_TEST_SURELY_UNSET}"}}
     with anyio.fail_after(30):
-        async with DownstreamPool(registry(fx=entry, broken=broken)) as pool:
+        async with DownstreamPool(registry(fx=entry, broken=broken), environ=os.environ) as pool:
 
             async def env(name: str) -> Any:
                 return (await pool.call_tool("fx", "env", {"name": name})).value["result"]
@@ -286,7 +290,7 @@ async def test_env_resolution_and_secret_withholding(monkeypatch: pytest.MonkeyP
 async def test_stderr_never_reaches_stdout(capfd: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     log_path = tmp_path / "downstream.log"
     with log_path.open("w") as log, anyio.fail_after(30):
-        async with DownstreamPool(registry(fx=FX), stderr=log) as pool:
+        async with DownstreamPool(registry(fx=FX), environ=os.environ, stderr=log) as pool:
             with pytest.raises(DownstreamUnavailable):
                 await pool.call_tool("fx", "crash", {})
     assert "crashing on purpose" in log_path.read_text()
@@ -295,7 +299,7 @@ async def test_stderr_never_reaches_stdout(capfd: pytest.CaptureFixture[str], tm
 
 async def test_aclose_leaves_no_orphans_and_is_idempotent() -> None:
     with anyio.fail_after(40):
-        pool = DownstreamPool(registry(time=TIME, fx=FX, slow=FX))
+        pool = DownstreamPool(registry(time=TIME, fx=FX, slow=FX), environ=os.environ)
         async with pool:
             listing = await pool.list_tools()  # starts the three servers concurrently
             assert all(entry.ok for entry in listing.values())
@@ -320,7 +324,7 @@ async def test_aclose_leaves_no_orphans_and_is_idempotent() -> None:
 
 
 async def test_pool_must_be_entered() -> None:
-    pool = DownstreamPool(registry(fx=FX))
+    pool = DownstreamPool(registry(fx=FX), environ=os.environ)
     with pytest.raises(RuntimeError, match="entered"):
         await pool.call_tool("fx", "pid", {})
 
@@ -376,7 +380,7 @@ async def test_remote_transports(http_fixture: tuple[str, int], monkeypatch: pyt
     }
     with anyio.fail_after(40):
         await wait_for_port(port)
-        async with DownstreamPool(registry(remote=entry)) as pool:
+        async with DownstreamPool(registry(remote=entry), environ=os.environ) as pool:
             out = await pool.call_tool("remote", "echo", {"message": transport})
             assert out.value == {"message": transport}
             headers = (await pool.call_tool("remote", "headers", {})).value
@@ -394,7 +398,7 @@ async def test_remote_transports(http_fixture: tuple[str, int], monkeypatch: pyt
 async def test_remote_server_not_reachable(transport: str) -> None:
     entry = {"url": f"http://127.0.0.1:{free_port()}/mcp", "transport": transport}
     with anyio.fail_after(30):
-        async with DownstreamPool(registry(remote=entry), connect_timeout=10) as pool:
+        async with DownstreamPool(registry(remote=entry), environ=os.environ, connect_timeout=10) as pool:
             with pytest.raises(DownstreamUnavailable) as info:
                 await pool.call_tool("remote", "echo", {"message": "x"})
             assert info.value.retryable is True

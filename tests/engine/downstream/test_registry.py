@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import pytest
+
 from pao_orchestrator.engine.downstream.registry import (
     MissingEnvironmentVariable,
     Registry,
@@ -157,7 +159,7 @@ def test_env_references_resolve_at_connect_time_not_at_load(monkeypatch: pytest.
 
     local = registry.servers["local"]
     assert isinstance(local, StdioServer)
-    params = local.parameters("local")
+    params = local.parameters("local", os.environ)
     assert params.command == "/opt/bin/server"
     assert params.args == ["--token=s3cret", "plain"]
     assert params.cwd == "/opt/bin"
@@ -167,14 +169,14 @@ def test_env_references_resolve_at_connect_time_not_at_load(monkeypatch: pytest.
 
     remote = registry.servers["remote"]
     assert isinstance(remote, RemoteServer)
-    assert remote.resolved_url("remote") == "https://h//opt/bin/mcp"
-    assert remote.resolved_headers("remote") == {"Authorization": "Bearer s3cret"}
+    assert remote.resolved_url("remote", os.environ) == "https://h//opt/bin/mcp"
+    assert remote.resolved_headers("remote", os.environ) == {"Authorization": "Bearer s3cret"}
 
 
 def test_missing_variable_names_the_variable_and_the_server() -> None:
     entry = StdioServer(command="x", env={"KEY": "${env:PAO_TEST_SURELY_UNSET}"})
     with pytest.raises(MissingEnvironmentVariable) as info:
-        entry.parameters("weather", environ={})
+        entry.parameters("weather", {})
     message = str(info.value)
     assert "PAO_TEST_SURELY_UNSET" in message
     assert "'weather'" in message

@@ -9,17 +9,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from uuid import UUID
 
-from pao_orchestrator.engine.app import Engine
-from pao_orchestrator.engine.models import Run
-from pao_orchestrator.engine.runtime.executor import Executor
-from pao_orchestrator.engine.runtime.worker import Worker
-
+from pao_orchestrator.engine import Engine, Run
+from pao_orchestrator.engine.runtime import Executor, Worker
 from tests.engine.support import create, engine_on, wait_run
 
 
 def worker_on(engine: Engine, dsn: str, name: str, *, concurrency: int, poll_interval: float = 1.0) -> Worker:
     """A worker of our own on the engine's database, started and stopped by the test."""
-    executor = Executor(engine.db, engine.tools, worker=name)
+    executor = Executor(engine.db, engine.tools, worker=name, secrets={})
     return Worker(
         engine.db, executor, name=name, concurrency=concurrency, lease_seconds=5, dsn=dsn, poll_interval=poll_interval
     )

@@ -6,8 +6,7 @@ import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pao_orchestrator.engine.models import Run
-
+from pao_orchestrator.engine import Run
 from tests.engine.support import create, engine_on, wait_run
 
 

@@ -15,9 +15,9 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
-from pao_orchestrator.engine.runtime.scheduler import Scheduler
-from pao_orchestrator.store.database import create_pool
 
+from pao_orchestrator.engine.runtime import Scheduler
+from pao_orchestrator.store import create_pool
 from tests.engine.support import new_task, runs_of, task_row
 
 

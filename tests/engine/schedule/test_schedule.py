@@ -11,10 +11,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from croniter import croniter
 from dateutil.rrule import rrulestr
-from pao_orchestrator.engine.schedule.cron import _CronRule
-from pao_orchestrator.engine.schedule.rrule_sets import _Cursor
-from pao_orchestrator.engine.schedule.schedule import (
-    TIME_KINDS,
+
+from pao_orchestrator.engine.schedule import (
     Schedule,
     format_local,
     load_timezone,
@@ -22,7 +20,10 @@ from pao_orchestrator.engine.schedule.schedule import (
     preview,
     validate_schedule,
 )
+from pao_orchestrator.engine.schedule.cron import CronRule
+from pao_orchestrator.engine.schedule.rrule_sets import Cursor
 from pao_orchestrator.errors import InvalidArgument
+from pao_orchestrator.vocabulary import TIME_KINDS
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
 CHISINAU = "Europe/Chisinau"
@@ -342,7 +343,7 @@ def test_day_of_month_and_day_of_week_both_set_means_either() -> None:
 )
 def test_fast_cron_search_agrees_with_croniter(expr: str) -> None:
     rule = parse_schedule("cron", expr, "UTC", anchor=NOW)._rule
-    assert isinstance(rule, _CronRule)
+    assert isinstance(rule, CronRule)
     six = len(expr.split()) == 6
     reference = croniter(expr, datetime(2026, 1, 1), second_at_beginning=six)
     rnd = random.Random(expr)
@@ -502,7 +503,7 @@ def test_rrule_set_with_rdate_and_exdate() -> None:
 
 def test_rrule_cursor_jump_ahead_with_sparse_rule() -> None:
     reference = rrulestr("FREQ=DAILY;INTERVAL=4;BYMONTH=6", dtstart=datetime(1990, 6, 2, 7, 45))
-    cursor = _Cursor(reference)
+    cursor = Cursor(reference)
     for wall in [
         datetime(2026, 3, 1),
         datetime(2026, 6, 17, 7, 45),
@@ -561,7 +562,7 @@ def test_rrule_wall_time_in_gap_follows_the_dst_rule() -> None:
 )
 def test_rrule_cursor_agrees_with_dateutil(rule: str) -> None:
     reference = rrulestr(rule, dtstart=datetime(2025, 1, 31, 9, 17, 23))
-    cursor = _Cursor(reference)
+    cursor = Cursor(reference)
     rnd = random.Random(rule)
     walls = sorted(datetime(2025, 1, 1) + timedelta(seconds=rnd.randrange(0, 86400 * 400)) for _ in range(60))
     walls += rnd.sample(walls, 30)  # and some going backwards

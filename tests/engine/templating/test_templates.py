@@ -6,7 +6,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from pao_orchestrator.engine.templating.render import (
+
+from pao_orchestrator.engine import Settings
+from pao_orchestrator.engine.templating import (
     ALLOWED_ROOTS,
     Secrets,
     TemplateError,
@@ -264,9 +266,12 @@ def test_missing_secret_can_default() -> None:
     assert "no PAO_SECRET_* variables are set" in render_error("${secrets.X}", make_context(secrets=Secrets({})))
 
 
-def test_secrets_default_to_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_secrets_come_from_the_settings_environment_and_nothing_else(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PAO_SECRET_FROM_OS", "os-value")
-    assert Secrets().get("FROM_OS") == "os-value"
+    monkeypatch.setenv("DATABASE_URL", "postgres://not-a-secret")
+    environ = Settings().secret_environ()
+    assert environ["PAO_SECRET_FROM_OS"] == "os-value" and "DATABASE_URL" not in environ
+    assert Secrets(environ).get("FROM_OS") == "os-value"
 
 
 def test_error_messages_do_not_leak_used_secrets() -> None:

@@ -18,6 +18,7 @@ from importlib.resources import files
 from importlib.resources.abc import Traversable
 
 import asyncpg
+
 from pao_orchestrator.errors import PaoError
 
 log = logging.getLogger(__name__)
@@ -95,3 +96,16 @@ async def migrate(conn: asyncpg.Connection, directory: Traversable = MIGRATIONS)
         return done
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+
+
+async def schema_version(conn: asyncpg.Connection) -> int | None:
+    """The newest migration applied to this database (None before the first)."""
+    exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+    if not exists:
+        return None
+    return await conn.fetchval("SELECT max(version) FROM schema_migrations")  # type: ignore[no-any-return]
+
+
+def latest_version(directory: Traversable = MIGRATIONS) -> int:
+    """The newest migration this installation ships."""
+    return discover(directory)[-1].version

@@ -1,40 +1,5 @@
--- Named statements. Placeholders are asyncpg's $1, $2 ...; values are never formatted in.
-
--- name: get_owner_agent
-SELECT * FROM agents WHERE is_owner AND revoked_at IS NULL;
-
--- name: insert_owner_agent
--- Two processes starting at once both try; the partial unique index lets one win.
-INSERT INTO agents (name, scopes, is_owner) VALUES ('owner', '{admin}', true)
-ON CONFLICT DO NOTHING
-RETURNING *;
-
--- name: get_agent_by_token_hash
-SELECT * FROM agents WHERE token_hash = $1 AND revoked_at IS NULL;
-
--- name: insert_task
-INSERT INTO tasks (
-    title, description, schedule_kind, schedule_expr, timezone, payload, priority,
-    dedupe_key, dedupe_window_seconds, max_retries, backoff_strategy, backoff_base_seconds,
-    backoff_max_seconds, concurrency_key, misfire_policy, misfire_grace_seconds, overlap_policy,
-    status, next_fire_at, created_by, created_at, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $21)
-RETURNING *;
-
--- name: get_task
-SELECT * FROM tasks WHERE id = $1;
-
--- name: get_task_for_update
-SELECT * FROM tasks WHERE id = $1 FOR UPDATE;
-
--- name: list_tasks
--- Newest first, keyset-paginated on (created_at, id) so pages stay stable while tasks are added.
-SELECT * FROM tasks
-WHERE ($1::text IS NULL OR status = $1)
-  AND ($2::text IS NULL OR schedule_kind = $2)
-  AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4::uuid))
-ORDER BY created_at DESC, id DESC
-LIMIT $5;
+-- Statements on `runs` (store/runs.py): enqueueing, claiming, leases, completion, cancelling.
+-- Placeholders are asyncpg's $1, $2 ...; values are never formatted in.
 
 -- name: insert_run
 -- One statement enqueues and wakes the workers; the NOTIFY is delivered on commit.
@@ -59,11 +24,44 @@ WHERE task_id = $1 AND dedupe_key = $2 AND status <> 'skipped'
 ORDER BY created_at DESC
 LIMIT 1;
 
+-- name: insert_schedule_runs
+-- Every fire decided in a pass, in one statement: runs to execute ('queued') and the fires that
+-- were skipped, coalesced or suppressed ('skipped', with the reason), so list_runs tells why.
+-- ON CONFLICT on runs_one_per_fire: a (task, instant) that already has a row keeps it; a second
+-- scheduler can never double a fire, whatever it computed.
+-- A queued run becomes claimable at its scheduled instant (available_at); runs already due wake
+-- the workers now (the NOTIFY is delivered on commit), runs created ahead of their instant are
+-- released by the scheduler's own NOTIFY at that instant.
+WITH input AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::int[], $5::int[], $6::text[],
+                         $7::text[], $8::bool[])
+        AS i(task_id, status, scheduled_for, priority, max_attempts, reason, concurrency_key, catch_up)
+), inserted AS (
+    INSERT INTO runs (task_id, status, trigger, trigger_data, scheduled_for, priority, concurrency_key,
+                      max_attempts, available_at, reason, finished_at)
+    SELECT task_id, status, 'schedule',
+           CASE WHEN catch_up THEN '{"catch_up": true}'::jsonb ELSE '{}'::jsonb END,
+           scheduled_for, priority, concurrency_key, max_attempts, scheduled_for, reason,
+           CASE WHEN status <> 'queued' THEN now() END
+    FROM input
+    ON CONFLICT (task_id, scheduled_for) WHERE trigger = 'schedule' DO NOTHING
+    RETURNING id, task_id, status, scheduled_for
+), wake AS (
+    SELECT pg_notify(:RUNS_CHANNEL, '')
+    WHERE EXISTS (SELECT 1 FROM inserted WHERE status = 'queued' AND scheduled_for <= now())
+)
+SELECT inserted.* FROM inserted LEFT JOIN wake ON true;
+
+-- name: wake_workers_at
+-- Release runs created ahead of their instant: NOTIFY the workers once the database clock has
+-- reached $1 (their claim compares available_at with now(), so an early NOTIFY would find
+-- nothing). Returns the clock, and whether it notified.
+WITH clock AS (SELECT clock_timestamp() AS now),
+notified AS (SELECT pg_notify(:RUNS_CHANNEL, '') FROM clock WHERE clock.now >= $1)
+SELECT clock.now, (SELECT count(*) FROM notified) > 0 AS notified FROM clock;
+
 -- name: get_run
 SELECT * FROM runs WHERE id = $1;
-
--- name: get_run_steps
-SELECT * FROM run_steps WHERE run_id = $1 ORDER BY attempt, step_index;
 
 -- name: list_runs
 SELECT * FROM runs
@@ -73,13 +71,16 @@ WHERE ($1::uuid IS NULL OR task_id = $1)
 ORDER BY created_at DESC, id DESC
 LIMIT $5;
 
+-- name: active_runs_of_task
+SELECT id, status FROM runs WHERE task_id = $1 AND status IN ('queued', 'running') ORDER BY created_at;
+
 -- name: claim_runs
 -- Claim up to $2 runs for worker $1 in one statement.
 WITH candidates AS (
     -- Due queued runs, most urgent first, then oldest due first. A run whose concurrency key is
     -- held by a running run is not a candidate. SKIP LOCKED lets concurrent workers pass over
     -- rows another claim is taking instead of queueing behind it.
-    SELECT r.id, r.concurrency_key, r.priority, r.available_at
+    SELECT r.id, r.concurrency_key, r.priority, r.available_at, r.attempt, r.started_at
     FROM runs r
     WHERE r.status = 'queued'
       AND r.available_at <= now()
@@ -93,9 +94,12 @@ WITH candidates AS (
 ), picked AS (
     -- At most one run per concurrency key per claim; the partial unique index
     -- runs_concurrency_exclusive rejects the rare cross-worker race, and the caller retries.
-    SELECT id FROM (
-        SELECT id, row_number() OVER (PARTITION BY coalesce(concurrency_key, id::text)
-                                      ORDER BY priority, available_at, id) AS n
+    -- resume: a run that ran before (a retry, or one taken over or released) may have finished
+    -- steps to reuse; read before this UPDATE sets started_at.
+    SELECT id, attempt > 1 OR started_at IS NOT NULL AS resume FROM (
+        SELECT id, attempt, started_at,
+               row_number() OVER (PARTITION BY coalesce(concurrency_key, id::text)
+                                  ORDER BY priority, available_at, id) AS n
         FROM candidates
     ) ranked
     WHERE n = 1
@@ -109,8 +113,9 @@ SET status = 'running',
 FROM picked, tasks t
 WHERE r.id = picked.id AND t.id = r.task_id
 -- The task's pipeline and retry policy come back with the run: no second round trip per run.
-RETURNING r.*, t.payload AS task_payload, t.updated_at AS task_updated_at, t.title AS task_title, t.backoff_strategy,
-          t.backoff_base_seconds, t.backoff_max_seconds;
+RETURNING r.id, r.task_id, r.attempt, r.max_attempts, r.trigger, r.trigger_data, r.scheduled_for,
+          r.cancel_requested, picked.resume, t.payload AS task_payload, t.updated_at AS task_updated_at,
+          t.title AS task_title, t.backoff_strategy, t.backoff_base_seconds, t.backoff_max_seconds;
 
 -- name: next_queued_due_in
 -- An idle worker sleeps until the next run created ahead of its instant becomes claimable, so it
@@ -229,47 +234,6 @@ SET status = 'queued', attempt = attempt + 1, error = $3, reason = $4,
 WHERE id = $1 AND lease_owner = $2 AND status = 'running'
 RETURNING id;
 
--- name: previous_step_outputs
--- Outputs of steps that succeeded in any earlier attempt: a retry resumes after them.
-SELECT DISTINCT ON (step_index) step_index, step_id, output
-FROM run_steps
-WHERE run_id = $1 AND status = 'succeeded'
-ORDER BY step_index, attempt DESC;
-
--- name: start_step
-INSERT INTO run_steps (run_id, attempt, step_index, step_id, uses, status, input)
-SELECT $1, $2, $3, $4, $5, 'running', $6
-WHERE EXISTS (SELECT 1 FROM runs WHERE id = $1 AND lease_owner = $7 AND status = 'running')
-ON CONFLICT (run_id, attempt, step_index) DO UPDATE
-SET status = 'running', input = EXCLUDED.input, output = NULL, error = NULL,
-    started_at = now(), finished_at = NULL, duration_ms = NULL
-RETURNING id;
-
--- name: finish_step
-UPDATE run_steps
-SET status = $2, output = $3, error = $4, finished_at = now(), duration_ms = $5
-WHERE id = $1;
-
--- name: record_step
--- A step recorded in one write once it is over (built-in steps that finish in microseconds).
-INSERT INTO run_steps (run_id, attempt, step_index, step_id, uses, status, input, output, error,
-                       started_at, finished_at, duration_ms)
-SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now(), $11
-WHERE EXISTS (SELECT 1 FROM runs WHERE id = $1 AND lease_owner = $12 AND status = 'running')
-ON CONFLICT (run_id, attempt, step_index) DO UPDATE
-SET status = EXCLUDED.status, input = EXCLUDED.input, output = EXCLUDED.output, error = EXCLUDED.error,
-    started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at, duration_ms = EXCLUDED.duration_ms
-RETURNING id;
-
--- name: insert_audit
-INSERT INTO audit_log (agent_id, action, target_type, target_id, details) VALUES ($1, $2, $3, $4, $5);
-
--- name: database_health
-SELECT now() AS now,
-       (SELECT count(*) FROM runs WHERE status = 'queued' AND available_at <= now()) AS queued_due,
-       (SELECT count(*) FROM runs WHERE status = 'running') AS running,
-       (SELECT max(version) FROM schema_migrations) AS schema_version;
-
 -- name: cancel_queued_run
 UPDATE runs
 SET status = 'cancelled', finished_at = now(), reason = $2, lease_owner = NULL, updated_at = now()
@@ -286,3 +250,60 @@ WITH flagged AS (
     SELECT pg_notify(:CANCEL_CHANNEL, flagged.id::text) FROM flagged
 )
 SELECT flagged.* FROM flagged LEFT JOIN wake ON true;
+
+-- name: cancel_runs
+-- overlap_policy=cancel_previous and cancel_task: queued runs are cancelled at once; running
+-- ones are asked to stop between steps (their worker hears pao_cancel, or sees the flag at its
+-- next heartbeat). Reasons are per run.
+WITH input AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[]) AS i(id, reason)
+), queued AS (
+    UPDATE runs r
+    SET status = 'cancelled', finished_at = now(), reason = input.reason, lease_owner = NULL, updated_at = now()
+    FROM input
+    WHERE r.id = input.id AND r.status = 'queued'
+    RETURNING r.id, r.status
+), running AS (
+    UPDATE runs r
+    SET cancel_requested = true, reason = input.reason, updated_at = now()
+    FROM input
+    WHERE r.id = input.id AND r.status = 'running' AND NOT r.cancel_requested
+    RETURNING r.id, r.status
+), wake AS (
+    SELECT pg_notify(:CANCEL_CHANNEL, running.id::text) FROM running
+)
+SELECT id, status FROM queued
+UNION ALL
+SELECT id, status FROM running WHERE (SELECT count(*) FROM wake) >= 0;
+
+-- name: withdraw_reservations
+-- Runs the scheduler created ahead of their instant (queued, scheduled in the future) are
+-- reservations, not fires yet: pausing, snoozing, re-scheduling or cancelling a task withdraws
+-- them. They are deleted, so the instant is free for whatever the new schedule says; one that a
+-- deduplicated run points at (deduped_of) cannot be deleted and is cancelled with reason $2.
+WITH reserved AS (
+    SELECT r.id, r.scheduled_for,
+           EXISTS (SELECT 1 FROM runs d WHERE d.task_id = r.task_id AND d.deduped_of = r.id) AS referenced
+    FROM runs r
+    WHERE r.task_id = $1 AND r.trigger = 'schedule' AND r.status = 'queued' AND r.scheduled_for > now()
+    FOR UPDATE OF r
+), deleted AS (
+    DELETE FROM runs WHERE id IN (SELECT id FROM reserved WHERE NOT referenced)
+    RETURNING scheduled_for
+), cancelled AS (
+    UPDATE runs SET status = 'cancelled', finished_at = now(), reason = $2, updated_at = now()
+    WHERE id IN (SELECT id FROM reserved WHERE referenced)
+    RETURNING scheduled_for
+)
+SELECT scheduled_for FROM deleted
+UNION ALL
+SELECT scheduled_for FROM cancelled;
+
+-- name: queue_stats
+-- What `health` reports of the queue: runs due and waiting for a worker, and runs executing.
+SELECT (SELECT count(*) FROM runs WHERE status = 'queued' AND available_at <= now()) AS queued_due,
+       (SELECT count(*) FROM runs WHERE status = 'running') AS running;
+
+-- name: lock_dedupe_key
+-- Serialises enqueues of one (task, dedupe key) until the transaction ends.
+SELECT pg_advisory_xact_lock(hashtextextended($1, 0));

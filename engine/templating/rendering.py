@@ -46,11 +46,10 @@ Filters: Jinja's built-ins plus `fromjson`; `tojson` writes plain JSON (no
 HTML escaping); `int` and `float` fail on values they cannot convert unless a
 default is given (`${x | int(0)}`) instead of silently returning 0.
 
-Where the parts live: this module renders and builds the context;
-`engine.template_sandbox` holds the environment, filters and compilation,
-`engine.template_checks` the checks before saving, `engine.secrets` secrets
-and `redact`, and `engine.template_errors` the errors and message wording.
-The public names are all importable from here.
+Where the parts live: this module renders and builds the context; `sandbox`
+holds the environment, filters and compilation, `checks` the checks before
+saving, `secrets` secrets and `redact`, and `errors` the errors and message
+wording. The public names are importable from the package (the room's door).
 """
 
 from __future__ import annotations
@@ -64,45 +63,26 @@ from uuid import UUID
 import jinja2
 from jinja2.exceptions import SecurityError, TemplateSyntaxError
 from jinja2.utils import missing
-from pao_orchestrator.engine.templating.checks import (
-    ALLOWED_ROOTS,
-    check_pipeline_templates,
-    check_template,
-    references,
-)
+
+from pao_orchestrator.engine.templating.checks import ALLOWED_ROOTS
 from pao_orchestrator.engine.templating.errors import (
+    MissingValue,
     TemplateError,
-    _join,
-    _kind,
-    _Missing,
-    _names,
-    _quote,
-    _ValueProblem,
+    ValueProblem,
+    join_path,
+    kind_of,
+    list_names,
+    quote,
 )
 from pao_orchestrator.engine.templating.sandbox import (
+    Compiled,
     Path,
-    _compile,
-    _Compiled,
-    _syntax_message,
-    _to_json_value,
-    _unescape,
+    compile_template,
+    syntax_message,
+    to_json_value,
+    unescape,
 )
-from pao_orchestrator.engine.templating.secrets import REDACTED, SECRET_PREFIX, Secrets, redact
-
-__all__ = [
-    "ALLOWED_ROOTS",
-    "REDACTED",
-    "SECRET_PREFIX",
-    "Secrets",
-    "TemplateError",
-    "build_context",
-    "check_pipeline_templates",
-    "check_template",
-    "redact",
-    "references",
-    "render",
-]
-
+from pao_orchestrator.engine.templating.secrets import Secrets
 
 # --------------------------------------------------------------------------- rendering
 
@@ -126,7 +106,7 @@ def render(value: Any, context: Mapping[str, Any], *, field: str = "") -> Any:
     if isinstance(value, str):
         return _render_str(value, context, field)
     if isinstance(value, Mapping):
-        return {k: render(v, context, field=_join(field, k)) for k, v in value.items()}
+        return {k: render(v, context, field=join_path(field, k)) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [render(v, context, field=f"{field}[{i}]") for i, v in enumerate(value)]
     return value
@@ -135,17 +115,17 @@ def render(value: Any, context: Mapping[str, Any], *, field: str = "") -> Any:
 def _render_str(source: str, context: Mapping[str, Any], field: str) -> Any:
     if "${" not in source:
         return source
-    compiled: _Compiled | None = None
+    compiled: Compiled | None = None
     try:
-        compiled = _compile(_unescape(source))
+        compiled = compile_template(unescape(source))
         if compiled.exact:
             ctx = compiled.template.new_context(dict(context))
             for _ in compiled.template.root_render_func(ctx):
                 pass
-            return _to_json_value(ctx.vars["result"])
+            return to_json_value(ctx.vars["result"])
         return compiled.template.render(context)
     except Exception as exc:
-        message = f"{_quote(source)}: {_runtime_message(exc, compiled, context)}"
+        message = f"{quote(source)}: {_runtime_message(exc, compiled, context)}"
     if field:
         message = f"{field}: {message}"
     secrets = context.get("secrets")
@@ -155,16 +135,16 @@ def _render_str(source: str, context: Mapping[str, Any], field: str) -> Any:
     raise TemplateError(message)
 
 
-def _runtime_message(exc: Exception, compiled: _Compiled | None, context: Mapping[str, Any]) -> str:
+def _runtime_message(exc: Exception, compiled: Compiled | None, context: Mapping[str, Any]) -> str:
     if isinstance(exc, SecurityError):
         return f"not allowed in a template: {exc.message}"
-    if isinstance(exc, _Missing):
+    if isinstance(exc, MissingValue):
         return _explain_missing(exc, compiled, context)
     if isinstance(exc, TemplateSyntaxError):
-        return f"syntax error: {_syntax_message(exc)}"
+        return f"syntax error: {syntax_message(exc)}"
     if isinstance(exc, jinja2.TemplateError):
         return exc.message or type(exc).__name__
-    if isinstance(exc, (_ValueProblem, TemplateError)):
+    if isinstance(exc, (ValueProblem, TemplateError)):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
 
@@ -196,7 +176,7 @@ def _step(obj: Any, key: Any) -> Any:
     return missing
 
 
-def _locate(compiled: _Compiled | None, context: Mapping[str, Any], obj: Any, name: Any) -> Path | None:
+def _locate(compiled: Compiled | None, context: Mapping[str, Any], obj: Any, name: Any) -> Path | None:
     """The path (as written in the template) at which `obj` was found when `name` was looked up on it."""
     if compiled is None:
         return None
@@ -215,17 +195,17 @@ def _locate(compiled: _Compiled | None, context: Mapping[str, Any], obj: Any, na
     return fallback
 
 
-def _explain_missing(exc: _Missing, compiled: _Compiled | None, context: Mapping[str, Any]) -> str:
+def _explain_missing(exc: MissingValue, compiled: Compiled | None, context: Mapping[str, Any]) -> str:
     obj, name = exc.obj, exc.name
     if obj is missing:
         if name is None:
             return exc.message or "undefined value"
-        return f"unknown name {name!r}; available: {_names(sorted(context))}"
+        return f"unknown name {name!r}; available: {list_names(sorted(context))}"
     if isinstance(obj, Secrets):
         return obj.missing_message(name)
     path = _locate(compiled, context, obj, name)
     if path == ("steps",) and isinstance(obj, Mapping):
-        return f"no step {name!r} before this one; earlier steps: {_names(obj)}"
+        return f"no step {name!r} before this one; earlier steps: {list_names(obj)}"
     if path is not None and len(path) == 2 and path[0] == "steps":
         subject = f"step {path[1]!r} output"
     elif path is not None:
@@ -233,10 +213,10 @@ def _explain_missing(exc: _Missing, compiled: _Compiled | None, context: Mapping
     else:
         subject = "the value"
     if isinstance(obj, Mapping):
-        return f"{subject} has no field {name!r}; fields: {_names(obj, '(none: it is empty)')}"
+        return f"{subject} has no field {name!r}; fields: {list_names(obj, '(none: it is empty)')}"
     if isinstance(obj, (list, tuple)) and isinstance(name, int):
         return f"{subject} is a list of {len(obj)} items; there is no item {name}"
-    message = f"{subject} is {_kind(obj)}, not an object; it has no field {name!r}"
+    message = f"{subject} is {kind_of(obj)}, not an object; it has no field {name!r}"
     if path == ("event",) and obj is None:
         message += " (this run was not started by an event)"
     return message

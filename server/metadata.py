@@ -1,0 +1,41 @@
+"""What every tool shares: annotations true to its effects, argument types, and the error translation."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Annotated, ParamSpec, TypeVar
+from uuid import UUID
+
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp_types import ToolAnnotations
+from pydantic import Field
+
+from pao_orchestrator.errors import PaoError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+READ = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
+WRITE = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False)
+CANCEL = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False)
+# Pausing a paused task or resuming an active one changes nothing: say so to clients that retry.
+STATE = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
+
+TaskId = Annotated[UUID, Field(description="The task's id, as create_task or list_tasks returned it.")]
+RunId = Annotated[UUID, Field(description="The run's id, as run_now or list_runs returned it.")]
+Limit = Annotated[int, Field(ge=1, le=200, description="Page size, 1..200.")]
+Cursor = Annotated[str | None, Field(description="next_cursor from the previous page; omit for the first page.")]
+
+
+def tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Turn domain errors into tool errors; their text is written for the model to act on."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except PaoError as exc:
+            raise ToolError(str(exc)) from exc
+
+    return wrapper

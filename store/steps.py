@@ -1,0 +1,112 @@
+"""The `run_steps` table: each step of each attempt, as it starts and ends (statements in steps.sql).
+
+Writes are fenced on the run's lease (`lease_owner`), like every worker write.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from pao_orchestrator.store.queries import sql
+from pao_orchestrator.store.rows import Record
+from pao_orchestrator.vocabulary import StepStatus
+
+
+@dataclass(frozen=True)
+class StepRow(Record):
+    """A row of `run_steps`."""
+
+    id: int
+    run_id: UUID
+    attempt: int
+    step_index: int
+    step_id: str
+    uses: str
+    status: StepStatus
+    input: Any
+    output: Any
+    error: str | None
+    started_at: datetime
+    finished_at: datetime | None
+    duration_ms: float | None
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """A finished step, as written to run_steps."""
+
+    attempt: int
+    step_index: int
+    step_id: str
+    uses: str
+    status: StepStatus
+    input: Any
+    output: Any
+    error: str | None
+    started_at: datetime
+    duration_ms: float
+
+
+async def of_run(conn: asyncpg.Connection, run_id: UUID) -> list[StepRow]:
+    """Every step of every attempt of a run, in order."""
+    return [StepRow.from_row(r) for r in await conn.fetch(sql("get_run_steps"), run_id)]
+
+
+async def previous_outputs(conn: asyncpg.Connection, run_id: UUID) -> dict[int, Any]:
+    """step_index -> output of every step that already succeeded in some attempt."""
+    return {r["step_index"]: r["output"] for r in await conn.fetch(sql("previous_step_outputs"), run_id)}
+
+
+async def start(
+    conn: asyncpg.Connection,
+    *,
+    run_id: UUID,
+    attempt: int,
+    step_index: int,
+    step_id: str,
+    uses: str,
+    input: Any,
+    worker: str,
+) -> int | None:
+    """Record a step as running; None when the worker lost the run's lease."""
+    return await conn.fetchval(  # type: ignore[no-any-return]
+        sql("start_step"), run_id, attempt, step_index, step_id, uses, input, worker
+    )
+
+
+async def finish(
+    conn: asyncpg.Connection,
+    step_row_id: int,
+    *,
+    status: StepStatus,
+    output: Any,
+    error: str | None,
+    duration_ms: float,
+) -> None:
+    """End a step recorded as running by `start`."""
+    await conn.execute(sql("finish_step"), step_row_id, status, output, error, duration_ms)
+
+
+async def record(conn: asyncpg.Connection, *, run_id: UUID, record: StepRecord, worker: str) -> bool:
+    """Record a finished step in one write; False when the worker lost the run's lease."""
+    row_id = await conn.fetchval(
+        sql("record_step"),
+        run_id,
+        record.attempt,
+        record.step_index,
+        record.step_id,
+        record.uses,
+        record.status,
+        record.input,
+        record.output,
+        record.error,
+        record.started_at,
+        record.duration_ms,
+        worker,
+    )
+    return row_id is not None

@@ -1,0 +1,101 @@
+-- Statements on `tasks` (store/tasks.py): the definition tools write, and the scheduler's state.
+-- Placeholders are asyncpg's $1, $2 ...; values are never formatted in.
+
+-- name: insert_task
+INSERT INTO tasks (
+    title, description, schedule_kind, schedule_expr, timezone, payload, priority,
+    dedupe_key, dedupe_window_seconds, max_retries, backoff_strategy, backoff_base_seconds,
+    backoff_max_seconds, concurrency_key, misfire_policy, misfire_grace_seconds, overlap_policy,
+    status, next_fire_at, created_by, created_at, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $21)
+RETURNING *;
+
+-- name: get_task
+SELECT * FROM tasks WHERE id = $1;
+
+-- name: get_task_for_update
+SELECT * FROM tasks WHERE id = $1 FOR UPDATE;
+
+-- name: list_tasks
+-- Newest first, keyset-paginated on (created_at, id) so pages stay stable while tasks are added.
+SELECT * FROM tasks
+WHERE ($1::text IS NULL OR status = $1)
+  AND ($2::text IS NULL OR schedule_kind = $2)
+  AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4::uuid))
+ORDER BY created_at DESC, id DESC
+LIMIT $5;
+
+-- name: update_task_fields
+-- update_task writes the whole validated definition back (the engine merged the changes into the
+-- stored task and validated the result exactly as create_task does).
+UPDATE tasks
+SET title = $2, description = $3, schedule_kind = $4, schedule_expr = $5, timezone = $6, payload = $7,
+    priority = $8, dedupe_key = $9, dedupe_window_seconds = $10, max_retries = $11,
+    backoff_strategy = $12, backoff_base_seconds = $13, backoff_max_seconds = $14,
+    concurrency_key = $15, misfire_policy = $16, misfire_grace_seconds = $17, overlap_policy = $18,
+    status = $19, next_fire_at = $20, schedule_anchor = $21, snoozed_until = $22, updated_at = now()
+WHERE id = $1
+RETURNING *;
+
+-- name: set_task_state
+-- pause, resume, snooze, cancel: the scheduling state of one task, which the caller has locked.
+UPDATE tasks
+SET status = $2, next_fire_at = $3, snoozed_until = $4, updated_at = now()
+WHERE id = $1
+RETURNING *;
+
+-- name: claim_due_tasks
+-- One scheduler pass takes up to $3 clock-driven tasks whose next fire is due by the horizon
+-- ($1, or the transaction's now(), plus a look-ahead of $2 seconds), earliest first.
+-- FOR UPDATE OF t SKIP LOCKED: several schedulers (one per serve/worker process) share the table;
+-- each task is held by exactly one pass until it commits the new next_fire_at, and the others
+-- pass over it instead of waiting. If a pass committed after our snapshot, Postgres re-reads the
+-- row and re-checks the horizon, so a fire that was just handled is not handled again.
+-- The lateral subquery answers the overlap question ("is a run of this task still active?") in
+-- the same round trip; it reads runs_active_by_task.
+WITH clock AS (SELECT coalesce($1::timestamptz, now()) AS now)
+SELECT t.id, t.title, t.schedule_kind, t.schedule_expr, t.timezone,
+       coalesce(t.schedule_anchor, t.created_at) AS anchor,
+       t.next_fire_at, t.snoozed_until, t.priority, t.max_retries, t.dedupe_key, t.dedupe_window_seconds,
+       t.concurrency_key,
+       t.misfire_policy, t.misfire_grace_seconds, t.overlap_policy,
+       active.ids AS active_ids, coalesce(active.running, false) AS active_running,
+       clock.now AS now
+FROM clock, tasks t
+LEFT JOIN LATERAL (
+    SELECT array_agg(r.id ORDER BY r.created_at) AS ids, bool_or(r.status = 'running') AS running
+    FROM runs r
+    WHERE r.task_id = t.id AND r.status IN ('queued', 'running')
+) active ON true
+WHERE t.status = 'active'
+  AND t.schedule_kind IN ('cron', 'rrule', 'once')
+  AND t.next_fire_at <= clock.now + make_interval(secs => $2::float8)
+ORDER BY t.next_fire_at
+LIMIT $3
+FOR UPDATE OF t SKIP LOCKED;
+
+-- name: advance_tasks
+-- The other half of a pass, in the same transaction: each task's new next fire (NULL when its
+-- schedule is exhausted, with status 'completed'), the newest fire that became a run, and the
+-- end of a snooze that is over. updated_at moves only when the status does: firing is the
+-- scheduler's state, not an edit of the task.
+UPDATE tasks t
+SET next_fire_at = u.next_fire_at,
+    status = u.status,
+    last_fired_at = coalesce(u.last_fired_at, t.last_fired_at),
+    snoozed_until = CASE WHEN u.clear_snooze THEN NULL ELSE t.snoozed_until END,
+    updated_at = CASE WHEN u.status <> t.status THEN now() ELSE t.updated_at END
+FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::timestamptz[], $5::bool[])
+    AS u(id, next_fire_at, status, last_fired_at, clear_snooze)
+WHERE t.id = u.id;
+
+-- name: next_due
+-- When the scheduler must wake next: the earliest next fire of an active clock-driven task
+-- (tasks_time_due answers it from the index's first entry), with the database clock so the
+-- process sleeps for the right length whatever its own clock says.
+SELECT (SELECT min(next_fire_at) FROM tasks
+        WHERE status = 'active' AND schedule_kind IN ('cron', 'rrule', 'once')) AS next_due,
+       clock_timestamp() AS now;
+-- name: notify_task_changed
+-- Delivered on commit: every scheduler re-reads when to wake.
+SELECT pg_notify(:TASKS_CHANNEL, $1);
