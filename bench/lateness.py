@@ -97,7 +97,7 @@ async def insert_tasks(db: asyncpg.Pool, count: int, first: datetime, overlap: s
             """,
             PAYLOAD,
             first,
-            owner["id"],
+            owner.id,
             count,
             overlap,
         )

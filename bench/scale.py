@@ -67,7 +67,7 @@ async def insert(db: asyncpg.Pool, firing: int, idle: int, *, due_now: bool) -> 
             FROM spec
             """,
             PAYLOAD,
-            owner["id"],
+            owner.id,
             firing,
             idle,
             due_now,

@@ -37,13 +37,14 @@ sys.path.insert(0, str(ROOT))
 from pao_orchestrator.engine.app import Tools
 from pao_orchestrator.engine.downstream import DownstreamPool, Registry
 from pao_orchestrator.engine.runtime import Executor, RunHandle
-from pao_orchestrator.store import EmbeddedPostgres, create_pool, migrate
+from pao_orchestrator.store import ClaimedRun, EmbeddedPostgres, create_pool, migrate
+from pao_orchestrator.vocabulary import Outcome
 
 SERVER = {"command": sys.executable, "args": ["-m", "mcp_server_time", "--local-timezone", "UTC"]}
 ARGS = {"timezone": "Europe/Chisinau"}
 
 
-async def held_run(db: asyncpg.Pool, worker: str, payload: dict[str, Any]) -> dict[str, Any]:
+async def held_run(db: asyncpg.Pool, worker: str, payload: dict[str, Any]) -> ClaimedRun:
     """A run row as the claim hands it to `worker` (setup, not timed)."""
     async with db.acquire() as conn:
         owner = await conn.fetchval(
@@ -61,15 +62,19 @@ async def held_run(db: asyncpg.Pool, worker: str, payload: dict[str, Any]) -> di
             worker,
         )
     # The step's template reads the zone from the trigger, as a scheduled or event run would.
-    return {
-        **dict(row),
-        "task_title": "bench",
-        "task_payload": payload,
-        "trigger_data": {"tz": "Europe/Chisinau"},
-        "backoff_strategy": "none",
-        "backoff_base_seconds": 0.0,
-        "backoff_max_seconds": 0.0,
-    }
+    return ClaimedRun.from_row(
+        {
+            **dict(row),
+            "resume": False,
+            "task_title": "bench",
+            "task_payload": payload,
+            "task_updated_at": row["created_at"],
+            "trigger_data": {"tz": "Europe/Chisinau"},
+            "backoff_strategy": "none",
+            "backoff_base_seconds": 0.0,
+            "backoff_max_seconds": 0.0,
+        }
+    )
 
 
 def pct(values: list[float], q: float) -> float:
@@ -123,7 +128,7 @@ async def main() -> None:
             runs = [await held_run(db, worker, payload) for _ in range(args.calls + 20)]
 
             async def call_step() -> None:
-                assert await executor.execute(RunHandle(runs.pop())) == "succeeded"
+                assert await executor.execute(RunHandle(runs.pop())) == Outcome.SUCCEEDED
 
             # Warm up: sessions open, tool lists cached, statements prepared.
             for fn in (call_bare, call_pool, call_step):
