@@ -56,7 +56,8 @@ async def serve(mcp: MCPServer[Any], transport: str, *, host: str, port: int, st
     """Serve until the client goes away (stdio) or `stop` is set.
 
     Stopping asks the transport to finish rather than cancelling it: over stdio the
-    session reads end of file, as if the client had closed stdin.
+    session reads end of file, as if the client had closed stdin; uvicorn exits as on
+    its own signals (closing connections, then the app's shutdown).
     """
     if transport == "stdio":
         with interruptible_stdin() as interrupt:
@@ -65,12 +66,12 @@ async def serve(mcp: MCPServer[Any], transport: str, *, host: str, port: int, st
     app: Starlette
     app = mcp.sse_app(host=host) if transport == "sse" else mcp.streamable_http_app(host=host)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
-    serving = asyncio.ensure_future(uvicorn.Server(config).serve())
+    server = uvicorn.Server(config)
 
-    def cancel() -> None:
-        serving.cancel()
+    def ask_to_exit() -> None:
+        server.should_exit = True
 
-    await _until(stop, serving, cancel)
+    await _until(stop, server.serve(), ask_to_exit)
 
 
 async def _until(stop: asyncio.Event, serving: Awaitable[None], ask_to_finish: Callable[[], None]) -> None:

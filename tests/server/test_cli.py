@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -33,7 +34,9 @@ def get(url: str) -> tuple[int, dict[str, object]]:
         return response.status, json.loads(response.read())
 
 
-def pao(args: list[str], database_url: str, tmp_path: Path, mcp_config: Path) -> subprocess.Popen[bytes]:
+def pao(
+    args: list[str], database_url: str, tmp_path: Path, mcp_config: Path, *, stderr: int | None = None
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -42,7 +45,11 @@ def pao(args: list[str], database_url: str, tmp_path: Path, mcp_config: Path) ->
         "PAO_LOG_LEVEL": "WARNING",
     }
     return subprocess.Popen(
-        [sys.executable, "-m", "pao_orchestrator.server.cli", *args], env=env, cwd=tmp_path, stdout=subprocess.PIPE
+        [sys.executable, "-m", "pao_orchestrator.server.cli", *args],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
     )
 
 
@@ -64,21 +71,28 @@ async def test_migrate_applies_once_then_reports_up_to_date(pg_dsn: str, tmp_pat
     assert second[0].decode().strip() == "database is up to date"
 
 
+def wait_healthy(proc: subprocess.Popen[bytes], base: str, timeout: float = 60) -> None:
+    """Wait until `GET /health` answers 200 (or the server exits)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if get(f"{base}/health")[0] == 200:
+                return
+        except (OSError, urllib.error.URLError):
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"pao serve exited with {proc.returncode}")
+        time.sleep(0.1)
+    raise TimeoutError(f"{base}/health did not answer within {timeout}s")
+
+
 @pytest.fixture
 def serving(database_url: str, tmp_path: Path, mcp_config: Path, request: pytest.FixtureRequest) -> Iterator[str]:
     port = free_port()
     proc = pao(["serve", "--transport", request.param, "--port", str(port)], database_url, tmp_path, mcp_config)
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(300):
-            try:
-                if get(f"{base}/health")[0] == 200:
-                    break
-            except (OSError, urllib.error.URLError):
-                pass
-            if proc.poll() is not None:
-                raise RuntimeError(f"pao serve exited with {proc.returncode}")
-            time.sleep(0.1)
+        wait_healthy(proc, base)
         yield base
     finally:
         proc.terminate()
@@ -107,3 +121,30 @@ async def test_sse_serves_tools(serving: str) -> None:
             result = await client.call_tool("list_tasks", {})
     assert "create_task" in tools
     assert result.structured_content == {"tasks": [], "next_cursor": None}
+
+
+@pytest.mark.parametrize("transport", ["http", "sse"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_stops_http_and_sse_cleanly(
+    database_url: str, tmp_path: Path, mcp_config: Path, transport: str, sig: signal.Signals
+) -> None:
+    port = free_port()
+    args = ["serve", "--transport", transport, "--port", str(port)]
+    proc = pao(args, database_url, tmp_path, mcp_config, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        wait_healthy(proc, f"http://127.0.0.1:{port}")
+        proc.send_signal(sig)
+        started = time.monotonic()
+        rc = proc.wait(timeout=30)
+        took = time.monotonic() - started
+        stderr = proc.stderr.read().decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    assert rc == 0, stderr
+    assert took < 10, f"took {took:.1f}s to stop"
+    assert "Traceback" not in stderr and "CancelledError" not in stderr, stderr
