@@ -148,3 +148,23 @@ def test_a_signal_stops_http_and_sse_cleanly(
     assert rc == 0, stderr
     assert took < 10, f"took {took:.1f}s to stop"
     assert "Traceback" not in stderr and "CancelledError" not in stderr, stderr
+
+
+@pytest.mark.parametrize("command", ["migrate", "worker", "serve"])
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("notaurl", "pao: DATABASE_URL: 'notaurl' is not a Postgres URL"),
+        ("postgresql://postgres:s3cret@127.0.0.1:1/x", "pao: cannot connect to Postgres at postgresql://postgres:***@"),
+    ],
+    ids=["not-a-url", "unreachable"],
+)
+def test_a_bad_database_url_is_one_line_and_a_failure(
+    tmp_path: Path, mcp_config: Path, command: str, url: str, expected: str
+) -> None:
+    proc = pao([command], url, tmp_path, mcp_config, stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=60)
+    lines = err.decode().strip().splitlines()
+    assert proc.returncode != 0
+    assert len(lines) == 1 and lines[0].startswith(expected), lines
+    assert "s3cret" not in err.decode() + out.decode()
