@@ -13,6 +13,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from pao_orchestrator import __version__
 from pao_orchestrator.engine.app import open_engine
 from pao_orchestrator.engine.settings import Settings
 from pao_orchestrator.errors import PaoError
@@ -92,6 +93,7 @@ async def _migrate(settings: Settings) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pao", description="Personal Agent Orchestrator")
+    parser.add_argument("--version", action="version", version=f"pao {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p_serve = sub.add_parser("serve", help="run the MCP server with its scheduler and workers")
     p_serve.add_argument("--transport", choices=["stdio", "sse", "http"], default="stdio")

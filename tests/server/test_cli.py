@@ -168,3 +168,39 @@ def test_a_bad_database_url_is_one_line_and_a_failure(
     assert proc.returncode != 0
     assert len(lines) == 1 and lines[0].startswith(expected), lines
     assert "s3cret" not in err.decode() + out.decode()
+
+
+def test_version_flag_prints_the_package_version() -> None:
+    from pao_orchestrator import __version__
+
+    done = subprocess.run(
+        [sys.executable, "-m", "pao_orchestrator.server.cli", "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"pao {__version__}"
+
+
+def test_serve_started_from_another_folder_says_which_mcp_json_it_looked_for(database_url: str, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PAO_MCP_CONFIG"}
+    env.update(
+        DATABASE_URL=database_url,
+        PAO_DATA_DIR=str(tmp_path / "data"),
+        PAO_LOG_LEVEL="INFO",
+        XDG_CONFIG_HOME=str(tmp_path / "config"),
+    )
+    # stdin closed at once: the server starts (and logs), reads end of file and exits.
+    done = subprocess.run(
+        [sys.executable, "-m", "pao_orchestrator.server.cli", "serve"],
+        env=env,
+        cwd=elsewhere,
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "no mcp.json found" in done.stderr, done.stderr
+    assert str(elsewhere / "mcp.json") in done.stderr
+    assert str(tmp_path / "config" / "pao" / "mcp.json") in done.stderr
