@@ -16,6 +16,7 @@ import pytest
 from pao_orchestrator.store.embedded import EmbeddedPostgres
 from pao_orchestrator.store.migrate import migrate
 
+from tests.conftest import embedded_data_dir
 from tests.engine.support import create, engine_on, wait_run
 
 LEASE = "1.5"
@@ -157,10 +158,12 @@ async def test_runs_survive_a_worker_killed_under_load_and_none_completes_twice(
     assert max(row["n"] for row in completions) == 1
 
 
-async def test_postgres_restart_under_load_loses_nothing(
-    fx_config: Path, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
-) -> None:
-    pg = EmbeddedPostgres(tmp_path_factory.mktemp("restart-pg"))
+async def test_postgres_restart_under_load_loses_nothing(fx_config: Path, tmp_path: Path) -> None:
+    with embedded_data_dir() as data_dir:
+        await restart_under_load(EmbeddedPostgres(data_dir), fx_config, tmp_path)
+
+
+async def restart_under_load(pg: EmbeddedPostgres, fx_config: Path, tmp_path: Path) -> None:
     url = pg.start()
     try:
         conn = await asyncpg.connect(url)

@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,7 +58,7 @@ async def test_migrate_applies_once_then_reports_up_to_date(pg_dsn: str, tmp_pat
     import asyncpg
 
     admin = await asyncpg.connect(pg_dsn)
-    name = "pao_cli_migrate_test"
+    name = f"pao_cli_migrate_test_{uuid.uuid4().hex[:8]}"  # unique: test runs may share one Postgres
     await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     await admin.execute(f'CREATE DATABASE "{name}"')
     try:

