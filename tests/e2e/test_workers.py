@@ -55,12 +55,6 @@ def calls(path: Path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
-async def wait_for(predicate: object, timeout: float = 30) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():  # type: ignore[operator]
-            await asyncio.sleep(0.05)
-
-
 async def test_kill_9_mid_run_another_worker_takes_over_after_the_lease(
     database_url: str, fx_config: Path, tmp_path: Path, workers: list[subprocess.Popen[bytes]]
 ) -> None:
@@ -77,8 +71,11 @@ async def test_kill_9_mid_run_another_worker_takes_over_after_the_lease(
         )
         workers.append(start_worker(database_url, fx_config, tmp_path, "w1"))
         run_id = (await engine.run_now(engine.owner, task_id)).id
-        await wait_for(lambda: calls(first) == 1)
-        await asyncio.sleep(0.3)  # inside the 2 s step
+        # Killed inside the 2 s step: "first" is recorded, "wait" shows as running.
+        async with asyncio.timeout(30):
+            while ("wait", "running") not in {(s.step_id, s.status) for s in (await engine.get_run(run_id)).steps}:
+                await asyncio.sleep(0.05)
+        assert calls(first) == 1
         workers[0].send_signal(signal.SIGKILL)
         workers[0].wait(timeout=10)
         assert (await engine.get_run(run_id)).status == "running"
