@@ -181,6 +181,22 @@ class Engine:
         }
 
 
+def _log_registry_source(settings: Settings, registry: Registry) -> None:
+    """Say which mcp.json is used, or every path looked at: a client started elsewhere finds none."""
+    candidates = settings.mcp_config_candidates()
+    path = settings.mcp_config_path()
+    if path.is_file():
+        log.info("downstream servers from %s: %s", path, ", ".join(registry.names()) or "none")
+    elif settings.mcp_config is not None:
+        log.warning("PAO_MCP_CONFIG names %s, which does not exist: no downstream servers", path)
+    else:
+        log.info(
+            "no mcp.json found (looked at %s; set PAO_MCP_CONFIG to name one): no downstream servers, "
+            "pipelines can use only the built-in pao.* steps",
+            ", ".join(str(c) for c in candidates),
+        )
+
+
 @asynccontextmanager
 async def open_engine(
     settings: Settings,
@@ -204,6 +220,7 @@ async def open_engine(
             await migrate(conn)
             owner = Agent.model_validate((await agent_store.ensure_owner(conn)).as_dict())
         registry = load_registry(settings.mcp_config_path())
+        _log_registry_source(settings, registry)
         pool = await stack.enter_async_context(DownstreamPool(registry, environ=settings.environ))
         tools = Tools(registry, pool)
         worker: Worker | None = None

@@ -20,6 +20,10 @@ def _environment() -> dict[str, str]:
     return dict(os.environ)
 
 
+def _user_config_dir() -> Path:
+    return Path(platformdirs.user_config_dir("pao", appauthor=False))
+
+
 class Settings(BaseSettings):
     """Everything configurable; names are the contract in DESIGN.md."""
 
@@ -48,11 +52,14 @@ class Settings(BaseSettings):
         """The `PAO_SECRET_*` variables: the only source of `${secrets.NAME}`."""
         return {key: value for key, value in self.environ.items() if key.startswith(SECRET_ENV_PREFIX)}
 
-    def mcp_config_path(self) -> Path:
-        """`PAO_MCP_CONFIG`, else `./mcp.json` if present, else `$PAO_DATA_DIR/mcp.json`."""
+    def mcp_config_candidates(self) -> list[Path]:
+        """Where mcp.json is looked for, in order: `PAO_MCP_CONFIG` alone when it is set, else
+        `./mcp.json` and then `mcp.json` in the user config dir (platformdirs)."""
         if self.mcp_config is not None:
-            return self.mcp_config
-        local = Path("mcp.json")
-        if local.is_file():
-            return local.resolve()
-        return self.data_dir / "mcp.json"
+            return [self.mcp_config]
+        return [Path("mcp.json").resolve(), _user_config_dir() / "mcp.json"]
+
+    def mcp_config_path(self) -> Path:
+        """The registry file: the first candidate that exists, else the last one (it may not exist)."""
+        candidates = self.mcp_config_candidates()
+        return next((path for path in candidates if path.is_file()), candidates[-1])

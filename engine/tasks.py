@@ -139,12 +139,13 @@ async def check_pipeline(payload: Payload, catalog: ToolCatalog, *, probe_timeou
 
 
 def schedule_anchor(now: datetime) -> datetime:
-    """The task's creation instant, rounded up to a whole second.
+    """The task's creation instant, truncated to a whole second.
 
-    An rrule without DTSTART starts at this anchor; rounding up keeps its first
-    occurrence strictly after `now`, so a COUNT=3 rule fires three times.
+    An rrule without DTSTART starts at midnight of this instant's day and counts COUNT
+    from the occurrences strictly after it. Occurrences fall on whole seconds, so
+    "after the truncated instant" is "after `now`": a COUNT=3 rule fires three times.
     """
-    return now if now.microsecond == 0 else now.replace(microsecond=0) + timedelta(seconds=1)
+    return now.replace(microsecond=0)
 
 
 def first_fire(spec: TaskSpec, *, now: datetime, anchor: datetime) -> datetime | None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import uvicorn
@@ -12,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from pao_orchestrator.engine import Agent, Engine
+from pao_orchestrator.server.stdio import interruptible_stdin
 from pao_orchestrator.server.tools import register_tools
 
 log = logging.getLogger(__name__)
@@ -49,12 +52,37 @@ def create_server(engine: Engine, *, caller: Agent | None = None) -> MCPServer[A
     return mcp
 
 
-async def serve(mcp: MCPServer[Any], transport: str, *, host: str, port: int) -> None:
-    """Serve until the client goes away (stdio) or the process is asked to stop (http, sse)."""
+async def serve(mcp: MCPServer[Any], transport: str, *, host: str, port: int, stop: asyncio.Event) -> None:
+    """Serve until the client goes away (stdio) or `stop` is set.
+
+    Stopping asks the transport to finish rather than cancelling it: over stdio the
+    session reads end of file, as if the client had closed stdin; uvicorn exits as on
+    its own signals (closing connections, then the app's shutdown).
+    """
     if transport == "stdio":
-        await mcp.run_stdio_async()
+        with interruptible_stdin() as interrupt:
+            await _until(stop, mcp.run_stdio_async(), interrupt)
         return
     app: Starlette
     app = mcp.sse_app(host=host) if transport == "sse" else mcp.streamable_http_app(host=host)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
-    await uvicorn.Server(config).serve()
+    server = uvicorn.Server(config)
+
+    def ask_to_exit() -> None:
+        server.should_exit = True
+
+    await _until(stop, server.serve(), ask_to_exit)
+
+
+async def _until(stop: asyncio.Event, serving: Awaitable[None], ask_to_finish: Callable[[], None]) -> None:
+    """Run `serving` to its end; if `stop` is set first, ask it to finish (and still wait for it)."""
+    task = asyncio.ensure_future(serving)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            ask_to_finish()
+        await task
+    finally:
+        stopped.cancel()
+        task.cancel()  # only when this wait itself was cancelled (past the shutdown grace)

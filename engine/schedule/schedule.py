@@ -113,8 +113,10 @@ def _check_kind(kind: str) -> ScheduleKind:
 def parse_schedule(kind: str, expr: str, timezone: str, *, anchor: datetime) -> Schedule:
     """Parse and syntax-check a schedule (cached); raise InvalidArgument on bad input.
 
-    `anchor` (tz-aware) is the task's creation instant: an rrule without DTSTART starts at
-    the anchor's wall time in the task zone (microseconds dropped), so COUNT is stable.
+    `anchor` (tz-aware) is the task's creation instant (microseconds dropped): an rrule
+    without DTSTART starts at midnight of the anchor's day in the task zone, so the fields
+    it does not give are 0, and its COUNT counts the occurrences strictly after the anchor
+    ("COUNT=3" fires three times, however much of that day has passed).
     """
     require_aware(anchor, "anchor")
     checked = _check_kind(kind)

@@ -31,7 +31,7 @@ def wall_to_utc(wall: datetime, tz: ZoneInfo) -> datetime:
     return wall.replace(tzinfo=tz).astimezone(UTC)
 
 
-def _start_wall(after: datetime, tz: ZoneInfo) -> datetime:
+def start_wall(after: datetime, tz: ZoneInfo) -> datetime:
     """The wall time from which to search (exclusive) for fires strictly after `after`.
 
     Normally `after`'s own wall time. Right after a spring-forward gap, wall times inside
@@ -64,7 +64,7 @@ class WallRule(Rule):
 
     def next_after(self, after: datetime) -> datetime | None:
         tz = self.tz
-        wall: datetime | None = _start_wall(after, tz)
+        wall: datetime | None = start_wall(after, tz)
         for _ in range(ITERATION_CAP):
             assert wall is not None
             wall = self.next_wall(wall)

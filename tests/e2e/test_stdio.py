@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -10,6 +13,7 @@ from typing import Any
 
 import anyio
 import psutil
+import pytest
 from mcp import Client, StdioServerParameters
 
 PIPELINE = {
@@ -170,3 +174,47 @@ async def test_server_exits_cleanly_when_stdin_closes_leaving_no_children(
         await anyio.sleep(0.1)
     alive = [p for p in spawned if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert alive == [], f"left running after the client closed stdin: {alive}"
+
+
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_stops_the_server_while_the_client_keeps_stdin_open(
+    database_url: str, mcp_config: Path, tmp_path: Path, sig: signal.Signals
+) -> None:
+    params = server_params(database_url, mcp_config, tmp_path)
+    proc = subprocess.Popen(
+        [params.command, *params.args],
+        env={**(params.env or {}), "PAO_LOG_LEVEL": "INFO", "PAO_SHUTDOWN_GRACE_SECONDS": "10"},
+        cwd=params.cwd,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    try:
+        proc.stdin.write(json.dumps(INITIALIZE).encode() + b"\n")
+        proc.stdin.flush()
+        reply = proc.stdout.readline()  # the server answers once it is up (the test's timeout bounds this)
+        assert json.loads(reply)["id"] == 1, reply
+        # Serving, and blocked reading a stdin the client keeps open.
+        proc.send_signal(sig)
+        started = time.monotonic()
+        rc = proc.wait(timeout=30)
+        took = time.monotonic() - started
+        stderr = proc.stderr.read().decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            stream.close()
+    assert rc == 0, stderr
+    assert took < 10, f"took {took:.1f}s to stop"
+    assert "Traceback" not in stderr, stderr

@@ -15,6 +15,7 @@ import asyncpg
 import pytest
 
 from pao_orchestrator.store import EmbeddedPostgres, migrate
+from tests.conftest import embedded_data_dir
 from tests.engine.support import create, engine_on, wait_run
 
 LEASE = "1.5"
@@ -53,12 +54,6 @@ def calls(path: Path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
-async def wait_for(predicate: object, timeout: float = 30) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():  # type: ignore[operator]
-            await asyncio.sleep(0.05)
-
-
 async def test_kill_9_mid_run_another_worker_takes_over_after_the_lease(
     database_url: str, fx_config: Path, tmp_path: Path, workers: list[subprocess.Popen[bytes]]
 ) -> None:
@@ -75,8 +70,11 @@ async def test_kill_9_mid_run_another_worker_takes_over_after_the_lease(
         )
         workers.append(start_worker(database_url, fx_config, tmp_path, "w1"))
         run_id = (await engine.run_now(engine.owner, task_id)).id
-        await wait_for(lambda: calls(first) == 1)
-        await asyncio.sleep(0.3)  # inside the 2 s step
+        # Killed inside the 2 s step: "first" is recorded, "wait" shows as running.
+        async with asyncio.timeout(30):
+            while ("wait", "running") not in {(s.step_id, s.status) for s in (await engine.get_run(run_id)).steps}:
+                await asyncio.sleep(0.05)
+        assert calls(first) == 1
         workers[0].send_signal(signal.SIGKILL)
         workers[0].wait(timeout=10)
         assert (await engine.get_run(run_id)).status == "running"
@@ -156,10 +154,12 @@ async def test_runs_survive_a_worker_killed_under_load_and_none_completes_twice(
     assert max(row["n"] for row in completions) == 1
 
 
-async def test_postgres_restart_under_load_loses_nothing(
-    fx_config: Path, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
-) -> None:
-    pg = EmbeddedPostgres(tmp_path_factory.mktemp("restart-pg"))
+async def test_postgres_restart_under_load_loses_nothing(fx_config: Path, tmp_path: Path) -> None:
+    with embedded_data_dir() as data_dir:
+        await restart_under_load(EmbeddedPostgres(data_dir), fx_config, tmp_path)
+
+
+async def restart_under_load(pg: EmbeddedPostgres, fx_config: Path, tmp_path: Path) -> None:
     url = pg.start()
     try:
         conn = await asyncpg.connect(url)

@@ -13,6 +13,7 @@ import pytest
 from pao_orchestrator.engine import lifecycle
 from pao_orchestrator.engine.runtime import Scheduler
 from pao_orchestrator.errors import Conflict, InvalidArgument
+from pao_orchestrator.store import TaskRecord
 from tests.engine import support
 from tests.engine.support import NoTools, owner, runs_of, task_row
 
@@ -255,3 +256,36 @@ def test_preview_schedule_explains_what_it_cannot_show() -> None:
     assert caught.value.field == "count"
     done = lifecycle.preview_schedule("once", "2026-01-01T00:00:00Z", "UTC", count=3, after=None, now=NOW)
     assert done.fires == [] and done.note is not None and "no fire after" in done.note
+
+
+@pytest.mark.parametrize(
+    ("expr", "first"),
+    [
+        ("FREQ=DAILY;BYHOUR=9", "2026-11-26T09:00:00+02:00"),
+        ("FREQ=WEEKLY;BYDAY=MO,WE;BYHOUR=8;BYMINUTE=30", "2026-11-30T08:30:00+02:00"),
+    ],
+)
+async def test_an_rrule_without_dtstart_previews_and_fires_on_whole_wall_times(
+    db: asyncpg.Pool, expr: str, first: str
+) -> None:
+    created = datetime(2026, 11, 26, 6, 4, 39, 250_000, tzinfo=UTC)  # 08:04:39.25 in Chisinau
+    preview = lifecycle.preview_schedule("rrule", expr, "Europe/Chisinau", count=3, after=None, now=created)
+    task_id = await support.new_task(db, expr, created=created, kind="rrule")
+    row = await task_row(db, task_id)
+    assert preview.fires[0].at == first
+    assert row["next_fire_at"] == datetime.fromisoformat(first)
+    assert support.task_service.next_fires(TaskRecord.from_row(row), 3) == [f.at for f in preview.fires]
+
+
+@pytest.mark.parametrize("created", [NOW, NOW + timedelta(microseconds=1), NOW + timedelta(minutes=59, seconds=59.9)])
+async def test_an_rrule_count_without_dtstart_fires_that_many_times_after_creation(
+    db: asyncpg.Pool, created: datetime
+) -> None:
+    # Anchored at midnight, but the hours already past do not use up COUNT, on a whole second or not.
+    task_id = await support.new_task(db, "FREQ=HOURLY;COUNT=3", created=created, kind="rrule")
+    fires = support.task_service.next_fires(TaskRecord.from_row(await task_row(db, task_id)), 5)
+    assert fires == ["2026-11-26T09:00:00+02:00", "2026-11-26T10:00:00+02:00", "2026-11-26T11:00:00+02:00"]
+    preview = lifecycle.preview_schedule(
+        "rrule", "FREQ=HOURLY;COUNT=3", "Europe/Chisinau", count=5, after=None, now=created
+    )
+    assert [f.at for f in preview.fires] == fires

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,7 +35,9 @@ def get(url: str) -> tuple[int, dict[str, object]]:
         return response.status, json.loads(response.read())
 
 
-def pao(args: list[str], database_url: str, tmp_path: Path, mcp_config: Path) -> subprocess.Popen[bytes]:
+def pao(
+    args: list[str], database_url: str, tmp_path: Path, mcp_config: Path, *, stderr: int | None = None
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -42,7 +46,11 @@ def pao(args: list[str], database_url: str, tmp_path: Path, mcp_config: Path) ->
         "PAO_LOG_LEVEL": "WARNING",
     }
     return subprocess.Popen(
-        [sys.executable, "-m", "pao_orchestrator.server.cli", *args], env=env, cwd=tmp_path, stdout=subprocess.PIPE
+        [sys.executable, "-m", "pao_orchestrator.server.cli", *args],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
     )
 
 
@@ -50,7 +58,7 @@ async def test_migrate_applies_once_then_reports_up_to_date(pg_dsn: str, tmp_pat
     import asyncpg
 
     admin = await asyncpg.connect(pg_dsn)
-    name = "pao_cli_migrate_test"
+    name = f"pao_cli_migrate_test_{uuid.uuid4().hex[:8]}"  # unique: test runs may share one Postgres
     await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     await admin.execute(f'CREATE DATABASE "{name}"')
     try:
@@ -64,21 +72,28 @@ async def test_migrate_applies_once_then_reports_up_to_date(pg_dsn: str, tmp_pat
     assert second[0].decode().strip() == "database is up to date"
 
 
+def wait_healthy(proc: subprocess.Popen[bytes], base: str, timeout: float = 60) -> None:
+    """Wait until `GET /health` answers 200 (or the server exits)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if get(f"{base}/health")[0] == 200:
+                return
+        except (OSError, urllib.error.URLError):
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"pao serve exited with {proc.returncode}")
+        time.sleep(0.1)
+    raise TimeoutError(f"{base}/health did not answer within {timeout}s")
+
+
 @pytest.fixture
 def serving(database_url: str, tmp_path: Path, mcp_config: Path, request: pytest.FixtureRequest) -> Iterator[str]:
     port = free_port()
     proc = pao(["serve", "--transport", request.param, "--port", str(port)], database_url, tmp_path, mcp_config)
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(300):
-            try:
-                if get(f"{base}/health")[0] == 200:
-                    break
-            except (OSError, urllib.error.URLError):
-                pass
-            if proc.poll() is not None:
-                raise RuntimeError(f"pao serve exited with {proc.returncode}")
-            time.sleep(0.1)
+        wait_healthy(proc, base)
         yield base
     finally:
         proc.terminate()
@@ -107,3 +122,86 @@ async def test_sse_serves_tools(serving: str) -> None:
             result = await client.call_tool("list_tasks", {})
     assert "create_task" in tools
     assert result.structured_content == {"tasks": [], "next_cursor": None}
+
+
+@pytest.mark.parametrize("transport", ["http", "sse"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_stops_http_and_sse_cleanly(
+    database_url: str, tmp_path: Path, mcp_config: Path, transport: str, sig: signal.Signals
+) -> None:
+    port = free_port()
+    args = ["serve", "--transport", transport, "--port", str(port)]
+    proc = pao(args, database_url, tmp_path, mcp_config, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        wait_healthy(proc, f"http://127.0.0.1:{port}")
+        proc.send_signal(sig)
+        started = time.monotonic()
+        rc = proc.wait(timeout=30)
+        took = time.monotonic() - started
+        stderr = proc.stderr.read().decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    assert rc == 0, stderr
+    assert took < 10, f"took {took:.1f}s to stop"
+    assert "Traceback" not in stderr and "CancelledError" not in stderr, stderr
+
+
+@pytest.mark.parametrize("command", ["migrate", "worker", "serve"])
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("notaurl", "pao: DATABASE_URL: 'notaurl' is not a Postgres URL"),
+        ("postgresql://postgres:s3cret@127.0.0.1:1/x", "pao: cannot connect to Postgres at postgresql://postgres:***@"),
+    ],
+    ids=["not-a-url", "unreachable"],
+)
+def test_a_bad_database_url_is_one_line_and_a_failure(
+    tmp_path: Path, mcp_config: Path, command: str, url: str, expected: str
+) -> None:
+    proc = pao([command], url, tmp_path, mcp_config, stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=60)
+    lines = err.decode().strip().splitlines()
+    assert proc.returncode != 0
+    assert len(lines) == 1 and lines[0].startswith(expected), lines
+    assert "s3cret" not in err.decode() + out.decode()
+
+
+def test_version_flag_prints_the_package_version() -> None:
+    from pao_orchestrator import __version__
+
+    done = subprocess.run(
+        [sys.executable, "-m", "pao_orchestrator.server.cli", "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"pao {__version__}"
+
+
+def test_serve_started_from_another_folder_says_which_mcp_json_it_looked_for(database_url: str, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PAO_MCP_CONFIG"}
+    env.update(
+        DATABASE_URL=database_url,
+        PAO_DATA_DIR=str(tmp_path / "data"),
+        PAO_LOG_LEVEL="INFO",
+        XDG_CONFIG_HOME=str(tmp_path / "config"),
+    )
+    # stdin closed at once: the server starts (and logs), reads end of file and exits.
+    done = subprocess.run(
+        [sys.executable, "-m", "pao_orchestrator.server.cli", "serve"],
+        env=env,
+        cwd=elsewhere,
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "no mcp.json found" in done.stderr, done.stderr
+    assert str(elsewhere / "mcp.json") in done.stderr
+    assert str(tmp_path / "config" / "pao" / "mcp.json") in done.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from pathlib import Path
 
 import asyncpg
@@ -63,7 +64,7 @@ async def test_migrate_is_idempotent_and_safe_when_two_processes_race(database_u
 
 async def test_fresh_database_migrates_once_under_concurrency(pg_dsn: str) -> None:
     admin = await asyncpg.connect(pg_dsn)
-    name = "pao_fresh_migrate_test"
+    name = f"pao_fresh_migrate_test_{uuid.uuid4().hex[:8]}"  # unique: test runs may share one Postgres
     await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     await admin.execute(f'CREATE DATABASE "{name}"')
     try:

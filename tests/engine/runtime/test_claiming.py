@@ -163,4 +163,7 @@ async def test_an_idle_worker_wakes_for_the_next_queued_instant_without_a_notify
     assert run.status == "succeeded"
     assert run.started_at is not None
     late = (run.started_at - run.scheduled_for).total_seconds()
-    assert 0 <= late < 0.25, late
+    # Never before its instant, and long before the 30 s poll: the worker's own timer started it.
+    # (How late a timer wake-up is, is measured by bench/lateness.py against a peer, not asserted here:
+    # a wall-clock bound fails whenever the machine is busy.)
+    assert 0 <= late < 5, late

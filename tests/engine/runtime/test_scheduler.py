@@ -1,8 +1,9 @@
 """The scheduler against a real Postgres: firing, misfire and overlap policies, snooze, DST, races.
 
 Time is pinned: a scheduler may be given a clock, and "downtime" is made by moving
-next_fire_at in SQL, never by sleeping. Loops that run on real time (the wake-up,
-the multi-scheduler race) use a one-second cron and a few seconds of observation.
+next_fire_at in SQL or the pinned clock, never by sleeping. Loops that run on real
+time (the wake-up, the multi-scheduler race) use a one-second cron and wait, with a
+timeout, for what they expect to happen, never for a fixed while.
 """
 
 from __future__ import annotations
@@ -180,19 +181,33 @@ async def test_a_long_outage_of_a_per_second_schedule_is_summarised_not_walked(d
 
 
 async def test_a_real_restart_decides_by_the_misfire_policy(db: asyncpg.Pool, database_url: str) -> None:
-    into_slot = datetime.now(UTC).minute % 10 * 60 + datetime.now(UTC).second
-    if into_slot < 6:  # a fire less than ON_TIME ago would run, not count as missed: keep the count exact
-        await asyncio.sleep(6 - into_slot)
-    task_id = await new_task(db, "*/10 * * * *", created=datetime.now(UTC), misfire_policy="skip")
-    async with running_scheduler(db, database_url):
-        await asyncio.sleep(0.2)
-    first = (await task_row(db, task_id))["next_fire_at"]
-    await set_next(db, task_id, first - timedelta(hours=3))  # the process was down for three hours
-    async with running_scheduler(db, database_url):
-        await wait_until(lambda: task_advanced(db, task_id, first))
+    # The loop itself (LISTEN, pass, sleep), on pinned clocks: it ran at 08:55:30, the process was
+    # down until 12:00:30, and "*/10 * * * *" missed 09:00 ... 12:00 (as in missed_task, without run_pass).
+    task_id = await new_task(db, "*/10 * * * *", created=utc(2026, 11, 26, 8, 55), misfire_policy="skip")
+    async with running_scheduler(db, database_url, clock=at(utc(2026, 11, 26, 8, 55, 30))) as scheduler:
+        await wait_until(lambda: passed(scheduler))
+    assert (await task_row(db, task_id))["next_fire_at"] == DOWN_FROM and await runs_of(db, task_id) == []
+    async with running_scheduler(db, database_url, clock=at(BACK_AT)):
+        await wait_until(lambda: task_advanced(db, task_id, utc(2026, 11, 26, 12, 10)))
     [row] = await runs_of(db, task_id)
-    assert row["status"] == "skipped" and row["reason"].startswith("missed 18 fires from")
-    assert row["scheduled_for"] == first - timedelta(minutes=10)
+    assert (row["status"], row["scheduled_for"]) == ("skipped", utc(2026, 11, 26, 12, 0))
+    assert row["reason"] == (
+        "missed 19 fires from 2026-11-26 11:00:00 EET to 2026-11-26 14:00:00 EET: "
+        "no scheduler was running (misfire_policy=skip)"
+    )
+
+
+async def passed(scheduler: Scheduler, count: int = 1) -> bool:
+    """The loop has made `count` passes (its LISTEN connection is up before the first)."""
+    return scheduler.passes >= count
+
+
+async def listen_pids(db: asyncpg.Pool) -> set[int]:
+    async with db.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+        )
+    return {r["pid"] for r in rows}
 
 
 async def task_advanced(db: asyncpg.Pool, task_id: UUID, to: datetime) -> bool:
@@ -288,13 +303,15 @@ async def test_a_schedule_that_no_longer_evaluates_pauses_its_task_with_the_reas
 
 
 async def test_the_loop_wakes_for_a_new_task_and_fires_it_on_time(db: asyncpg.Pool, database_url: str) -> None:
-    async with running_scheduler(db, database_url, max_sleep=30):
-        await asyncio.sleep(0.2)  # asleep for 30 s: only the pao_tasks NOTIFY can wake it
+    async with running_scheduler(db, database_url, max_sleep=30) as scheduler:
+        await wait_until(lambda: passed(scheduler))  # then asleep for 30 s: only the pao_tasks NOTIFY can wake it
         task_id = await new_task(db, "* * * * * *", created=datetime.now(UTC))
-        await wait_until(lambda: has_runs(db, task_id, 2), timeout=5)
+        await wait_until(lambda: has_runs(db, task_id, 3), timeout=10)
     runs = await runs_of(db, task_id)
     assert all(r["scheduled_for"].microsecond == 0 for r in runs)
-    assert runs[0]["created_at"] <= runs[0]["scheduled_for"]  # created ahead, claimable at the instant
+    # The loop's own wake-ups create runs ahead, claimable at the instant. Not the first: the pass the
+    # NOTIFY triggers makes it, and the task may have been created a few milliseconds before it was due.
+    assert all(r["created_at"] <= r["scheduled_for"] == r["available_at"] for r in runs[1:])
 
 
 async def has_runs(db: asyncpg.Pool, task_id: UUID, count: int) -> bool:
@@ -303,14 +320,16 @@ async def has_runs(db: asyncpg.Pool, task_id: UUID, count: int) -> bool:
 
 async def test_the_loop_survives_losing_its_listen_connection(db: asyncpg.Pool, database_url: str) -> None:
     async with running_scheduler(db, database_url, max_sleep=30) as scheduler:
-        await asyncio.sleep(0.2)
+        await wait_until(lambda: passed(scheduler))  # listening, then asleep for 30 s
+        killed = await listen_pids(db)
+        assert killed
         async with db.acquire() as conn:
-            killed = await conn.fetchval(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND query LIKE 'LISTEN%'"
-            )
-        assert killed >= 1
-        await asyncio.sleep(0.3)
+            await conn.execute("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid", list(killed))
+
+        async def listening_again() -> bool:
+            return bool(await listen_pids(db) - killed)
+
+        await wait_until(listening_again)  # re-made on its own: only its NOTIFY can wake the loop now
         task_id = await new_task(db, "* * * * * *", created=datetime.now(UTC))
         await wait_until(lambda: has_runs(db, task_id, 1), timeout=5)
         assert scheduler.passes >= 2
@@ -358,13 +377,17 @@ async def test_several_live_schedulers_fire_a_per_second_cron_exactly_once_per_s
             for pool in pools:
                 await stack.enter_async_context(running_scheduler(pool, database_url))
             ids = [await new_task(db, "* * * * * *", created=datetime.now(UTC)) for _ in range(20)]
-            await asyncio.sleep(3)
+
+            async def all_fired_thrice() -> bool:
+                return all([await has_runs(db, task_id, 3) for task_id in ids])
+
+            await wait_until(all_fired_thrice, timeout=30)
     finally:
         for pool in pools:
             await pool.close()
     for task_id in ids:
         fires = [r["scheduled_for"] for r in await runs_of(db, task_id)]
-        assert len(fires) >= 2
+        assert len(fires) >= 3
         # Consecutive whole seconds from the first to the last: nothing dropped, nothing doubled.
         assert fires == [fires[0] + timedelta(seconds=i) for i in range(len(fires))]
 

@@ -39,6 +39,12 @@ def fires(kind: str, expr: str, tz: str, after: datetime, count: int, anchor: da
     return [d.isoformat() for d in schedule.upcoming(after, count)]
 
 
+def local_fires_from(expr: str, tz: str, anchor: datetime, count: int) -> list[str]:
+    """The next `count` fires of an rrule created at `anchor`, as local ISO 8601."""
+    schedule = parse_schedule("rrule", expr, tz, anchor=anchor)
+    return [format_local(d, schedule.tz) for d in schedule.upcoming(anchor, count)]
+
+
 def local_fires(kind: str, expr: str, tz: str, after: datetime, count: int) -> list[str]:
     schedule = parse_schedule(kind, expr, tz, anchor=NOW)
     return [format_local(d, schedule.tz) for d in schedule.upcoming(after, count)]
@@ -462,19 +468,59 @@ def test_rrule_utc_dtstart_becomes_task_wall_time() -> None:
     ]
 
 
-def test_rrule_without_dtstart_uses_anchor() -> None:
+def test_rrule_without_dtstart_is_anchored_at_midnight_of_the_anchor_day() -> None:
+    # Created at 08:15:42.123456 in Chisinau: the rule starts at 00:00 that day, so the fields the
+    # rule does not give (hour, minute, second) are 0 and never the creation instant's.
     anchor = datetime(2026, 3, 1, 6, 15, 42, 123456, tzinfo=UTC)
-    schedule = parse_schedule("rrule", "FREQ=DAILY;COUNT=3", CHISINAU, anchor=anchor)
+    assert local_fires_from("FREQ=DAILY;BYHOUR=9", CHISINAU, anchor, 2) == [
+        "2026-03-01T09:00:00+02:00",
+        "2026-03-02T09:00:00+02:00",
+    ]
+    assert local_fires_from("FREQ=WEEKLY;BYDAY=MO,WE;BYHOUR=8;BYMINUTE=30", CHISINAU, anchor, 3) == [
+        "2026-03-02T08:30:00+02:00",
+        "2026-03-04T08:30:00+02:00",
+        "2026-03-09T08:30:00+02:00",
+    ]
+    # INTERVAL counts from midnight too: every 15 minutes is :00, :15, :30, :45.
+    assert local_fires_from("FREQ=MINUTELY;INTERVAL=15", CHISINAU, anchor, 2) == [
+        "2026-03-01T08:30:00+02:00",
+        "2026-03-01T08:45:00+02:00",
+    ]
+    # The anchor's day in the task zone, not in UTC: 23:30 UTC on 1 March is 2 March in Chisinau.
+    late = datetime(2026, 3, 1, 23, 30, 5, tzinfo=UTC)
+    assert local_fires_from("FREQ=DAILY;INTERVAL=2", CHISINAU, late, 2) == [
+        "2026-03-04T00:00:00+02:00",
+        "2026-03-06T00:00:00+02:00",
+    ]
+
+
+def test_rrule_count_without_dtstart_counts_occurrences_after_the_anchor() -> None:
+    # Midnight-anchored, yet the occurrences already past at creation do not use up COUNT:
+    # COUNT=3 fires three times after the anchor.
+    anchor = datetime(2026, 3, 1, 6, 15, 42, 123456, tzinfo=UTC)  # 08:15:42 in Chisinau
+    schedule = parse_schedule("rrule", "FREQ=HOURLY;COUNT=3", CHISINAU, anchor=anchor)
     got = schedule.upcoming(utc(2025, 1, 1), 5)
-    assert [d.isoformat() for d in got] == [
-        "2026-03-01T06:15:42+00:00",
-        "2026-03-02T06:15:42+00:00",
-        "2026-03-03T06:15:42+00:00",
+    assert [format_local(d, schedule.tz) for d in got] == [
+        "2026-03-01T09:00:00+02:00",
+        "2026-03-01T10:00:00+02:00",
+        "2026-03-01T11:00:00+02:00",
     ]
     # Stable across calls: the same anchor gives the same (cached) schedule and COUNT.
-    assert parse_schedule("rrule", "FREQ=DAILY;COUNT=3", CHISINAU, anchor=anchor) is schedule
-    later = parse_schedule("rrule", "FREQ=DAILY;COUNT=3", CHISINAU, anchor=utc(2026, 5, 1, 10))
-    assert [d.isoformat() for d in later.upcoming(utc(2026, 4, 1), 1)] == ["2026-05-01T10:00:00+00:00"]
+    assert parse_schedule("rrule", "FREQ=HOURLY;COUNT=3", CHISINAU, anchor=anchor) is schedule
+    # Strictly after: an occurrence exactly at the anchor is not counted (it is not after creation).
+    on_the_hour = utc(2026, 5, 1, 10)  # 13:00 in Chisinau (EEST)
+    later = parse_schedule("rrule", "FREQ=HOURLY;COUNT=2", CHISINAU, anchor=on_the_hour)
+    assert [format_local(d, later.tz) for d in later.upcoming(utc(2026, 4, 1), 5)] == [
+        "2026-05-01T14:00:00+03:00",
+        "2026-05-01T15:00:00+03:00",
+    ]
+    # EXRULE counts the same way: the first two occurrences after the anchor are excluded.
+    expr = "RRULE:FREQ=HOURLY;COUNT=4\nEXRULE:FREQ=HOURLY;COUNT=2"
+    excluded = parse_schedule("rrule", expr, CHISINAU, anchor=anchor)
+    assert [format_local(d, excluded.tz) for d in excluded.upcoming(anchor, 5)] == [
+        "2026-03-01T11:00:00+02:00",
+        "2026-03-01T12:00:00+02:00",
+    ]
 
 
 def test_rrule_bysetpos_last_friday() -> None:
@@ -810,8 +856,9 @@ def test_preview_of_exhausted_schedule_is_empty() -> None:
 
 
 def test_preview_rrule_without_dtstart_anchors_at_now() -> None:
+    # Midnight of now's day; COUNT counts the occurrences after now.
     got = preview("rrule", "FREQ=DAILY;COUNT=2", "UTC", count=5, after=utc(2026, 1, 1), now=utc(2026, 3, 1, 9, 15))
-    assert [d.isoformat() for d in got] == ["2026-03-01T09:15:00+00:00", "2026-03-02T09:15:00+00:00"]
+    assert [d.isoformat() for d in got] == ["2026-03-02T00:00:00+00:00", "2026-03-03T00:00:00+00:00"]
 
 
 @pytest.mark.parametrize("count", [0, -1, 101, True, 2.0])
