@@ -13,6 +13,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from pao_orchestrator import __version__
+from pao_orchestrator.contracts import APP_NAME
 from pao_orchestrator.engine import Agent, Engine
 from pao_orchestrator.server.stdio import interruptible_stdin
 from pao_orchestrator.server.tools import register_tools
@@ -29,10 +31,10 @@ happened."""
 def create_server(engine: Engine, *, caller: Agent | None = None) -> MCPServer[Any]:
     """An MCPServer bound to a running engine; tool calls act as `caller` (default: the local owner)."""
     mcp: MCPServer[Any] = MCPServer(
-        name="pao",
+        name=APP_NAME,
         title="Personal Agent Orchestrator",
         instructions=INSTRUCTIONS,
-        version="0.1.0",
+        version=__version__,
         log_level=engine.settings.log_level.upper(),  # type: ignore[arg-type]
     )
     agent = caller or engine.owner
