@@ -106,11 +106,19 @@ class Engine:
     async def cancel_task(self, caller: Agent, task_id: UUID, *, stop_running: bool = True) -> lifecycle.CancelledTask:
         return await lifecycle.cancel_task(self.db, caller, task_id, stop_running=stop_running, clock=self.clock)
 
-    def preview_schedule(
+    async def preview_schedule(
         self, schedule_kind: str, schedule_expr: str, timezone: str, *, count: int, after: str | None
     ) -> lifecycle.SchedulePreview:
-        return lifecycle.preview_schedule(
-            schedule_kind, schedule_expr, timezone, count=count, after=after, now=self.clock()
+        # Schedule math is bounded (schedule.HORIZON_YEARS, PREVIEW_BUDGET_SECONDS) yet can take a
+        # moment for a rule whose fires are years apart: off the event loop, so nothing waits on it.
+        return await asyncio.to_thread(
+            lifecycle.preview_schedule,
+            schedule_kind,
+            schedule_expr,
+            timezone,
+            count=count,
+            after=after,
+            now=self.clock(),
         )
 
     async def run_now(self, caller: Agent, task_id: UUID) -> Run:

@@ -142,4 +142,4 @@ def register_schedule_tools(mcp: MCPServer[Any], engine: Engine, caller: Callabl
         forward) fires at the same offset after the gap, one that happens twice fires once, the first time.
         An invalid expression or timezone is an error naming the bad part.
         """
-        return engine.preview_schedule(schedule_kind, schedule_expr, timezone, count=count, after=after)
+        return await engine.preview_schedule(schedule_kind, schedule_expr, timezone, count=count, after=after)
