@@ -23,7 +23,7 @@ from pao_orchestrator.engine import runs as run_service
 from pao_orchestrator.engine import tasks as task_service
 from pao_orchestrator.engine.downstream import DownstreamPool, Registry, load_registry
 from pao_orchestrator.engine.models import Agent, Run, Task
-from pao_orchestrator.engine.runtime import BUILTINS, Executor, Scheduler, Worker, worker_name
+from pao_orchestrator.engine.runtime import BUILTINS, Executor, Renderer, Scheduler, Worker, worker_name
 from pao_orchestrator.engine.settings import Settings
 from pao_orchestrator.store import agents as agent_store
 from pao_orchestrator.store import migrate, open_database, schema_version
@@ -235,7 +235,21 @@ async def open_engine(
         background: list[asyncio.Task[None]] = []
         if run_worker:
             name = worker_name()
-            executor = Executor(db, tools, worker=name, secrets=settings.secret_environ())
+            renderer = Renderer(
+                processes=settings.render_processes,
+                timeout=settings.render_timeout_seconds,
+                memory_mb=settings.render_memory_mb,
+                limit=settings.max_value_bytes,
+            )
+            stack.push_async_callback(renderer.aclose)
+            executor = Executor(
+                db,
+                tools,
+                worker=name,
+                secrets=settings.secret_environ(),
+                renderer=renderer,
+                max_value_bytes=settings.max_value_bytes,
+            )
             worker = Worker(
                 db,
                 executor,
