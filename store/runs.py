@@ -100,6 +100,7 @@ class RunBatch:
     reason: list[str | None] = field(default_factory=list)
     concurrency_key: list[str | None] = field(default_factory=list)
     catch_up: list[bool] = field(default_factory=list)
+    error: list[str | None] = field(default_factory=list)
 
     def add(
         self,
@@ -112,6 +113,7 @@ class RunBatch:
         reason: str | None = None,
         concurrency_key: str | None = None,
         catch_up: bool = False,
+        error: str | None = None,
     ) -> None:
         self.task_id.append(task_id)
         self.status.append(status)
@@ -121,6 +123,7 @@ class RunBatch:
         self.reason.append(reason)
         self.concurrency_key.append(concurrency_key)
         self.catch_up.append(catch_up)
+        self.error.append(error)
 
     def __len__(self) -> int:
         return len(self.task_id)
@@ -196,6 +199,7 @@ async def insert_batch(conn: asyncpg.Connection, batch: RunBatch) -> list[Insert
         batch.reason,
         batch.concurrency_key,
         batch.catch_up,
+        batch.error,
     )
     return [InsertedRun.from_row(r) for r in rows]
 

@@ -25,8 +25,9 @@ ORDER BY created_at DESC
 LIMIT 1;
 
 -- name: insert_schedule_runs
--- Every fire decided in a pass, in one statement: runs to execute ('queued') and the fires that
--- were skipped, coalesced or suppressed ('skipped', with the reason), so list_runs tells why.
+-- Every fire decided in a pass, in one statement: runs to execute ('queued'), the fires that
+-- were skipped, coalesced or suppressed ('skipped', with the reason), and fires that could not
+-- become a run ('failed', e.g. a key that did not render, with the error), so list_runs tells why.
 -- ON CONFLICT on runs_one_per_fire: a (task, instant) that already has a row keeps it; a second
 -- scheduler can never double a fire, whatever it computed.
 -- A queued run becomes claimable at its scheduled instant (available_at); runs already due wake
@@ -34,14 +35,14 @@ LIMIT 1;
 -- released by the scheduler's own NOTIFY at that instant.
 WITH input AS (
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::int[], $5::int[], $6::text[],
-                         $7::text[], $8::bool[])
-        AS i(task_id, status, scheduled_for, priority, max_attempts, reason, concurrency_key, catch_up)
+                         $7::text[], $8::bool[], $9::text[])
+        AS i(task_id, status, scheduled_for, priority, max_attempts, reason, concurrency_key, catch_up, error)
 ), inserted AS (
     INSERT INTO runs (task_id, status, trigger, trigger_data, scheduled_for, priority, concurrency_key,
-                      max_attempts, available_at, reason, finished_at)
+                      max_attempts, available_at, reason, error, finished_at)
     SELECT task_id, status, 'schedule',
            CASE WHEN catch_up THEN '{"catch_up": true}'::jsonb ELSE '{}'::jsonb END,
-           scheduled_for, priority, concurrency_key, max_attempts, scheduled_for, reason,
+           scheduled_for, priority, concurrency_key, max_attempts, scheduled_for, reason, error,
            CASE WHEN status <> 'queued' THEN now() END
     FROM input
     ON CONFLICT (task_id, scheduled_for) WHERE trigger = 'schedule' DO NOTHING
