@@ -19,7 +19,7 @@ from pao_orchestrator.engine.models import Agent, Task, TaskSpec
 from pao_orchestrator.engine.paging import decode_cursor, page
 from pao_orchestrator.engine.runtime import BUILTINS, Payload, validate_arguments
 from pao_orchestrator.engine.validation import parse
-from pao_orchestrator.errors import InvalidArgument, StepError
+from pao_orchestrator.errors import InvalidArgument, PaoError, StepError
 from pao_orchestrator.store import TaskRecord
 from pao_orchestrator.store import audit as audit_store
 from pao_orchestrator.store import tasks as task_store
@@ -87,7 +87,16 @@ def next_fires(task: TaskRecord, count: int = PREVIEW_COUNT) -> list[str]:
 
 
 def to_task(row: TaskRecord) -> Task:
-    return Task.model_validate({**row.as_dict(), "next_fires": next_fires(row)})
+    """A stored task as tools return it. One whose schedule no longer evaluates (its zone left tzdata,
+    say) is still returned, with `schedule_error` saying why it has no next fires: one bad row never
+    breaks a list for everyone."""
+    try:
+        fires, problem = next_fires(row), None
+    except Exception as exc:
+        if not isinstance(exc, PaoError):
+            log.exception("task %s: its next fires could not be computed", row.id)
+        fires, problem = [], str(exc)
+    return Task.model_validate({**row.as_dict(), "next_fires": fires, "schedule_error": problem})
 
 
 async def check_pipeline(payload: Payload, catalog: ToolCatalog, *, probe_timeout: float = 15.0) -> list[str]:
