@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from pao_orchestrator.engine.app import Tools
 from pao_orchestrator.engine.downstream import DownstreamPool, Registry
-from pao_orchestrator.engine.runtime import Executor, RunHandle
+from pao_orchestrator.engine.runtime import Executor, RunHandle, lease_clock
 from pao_orchestrator.store import ClaimedRun, EmbeddedPostgres, create_pool, migrate
 from pao_orchestrator.vocabulary import Outcome
 
@@ -128,7 +128,9 @@ async def main() -> None:
             runs = [await held_run(db, worker, payload) for _ in range(args.calls + 20)]
 
             async def call_step() -> None:
-                assert await executor.execute(RunHandle(runs.pop())) == Outcome.SUCCEEDED
+                # As the worker hands over a run it just claimed: its lease known to run for an hour.
+                handle = RunHandle(runs.pop(), lease_seconds=3600, held_until=lease_clock() + 3600)
+                assert await executor.execute(handle) == Outcome.SUCCEEDED
 
             # Warm up: sessions open, tool lists cached, statements prepared.
             for fn in (call_bare, call_pool, call_step):

@@ -22,7 +22,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
+from typing import Final
 
 import asyncpg
 
@@ -40,6 +42,12 @@ def database(dsn: str, name: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
 
 
+# Unique per invocation: several benchmarks may share one Postgres server (and drop their databases).
+_RUN: Final = uuid.uuid4().hex[:8]
+PAO_DATABASE: Final = f"pao_bench_throughput_{_RUN}"
+PEER_DATABASE: Final = f"pgq_bench_throughput_{_RUN}"
+
+
 async def fresh_database(admin_dsn: str, name: str) -> str:
     admin = await asyncpg.connect(admin_dsn)
     try:
@@ -52,7 +60,7 @@ async def fresh_database(admin_dsn: str, name: str) -> str:
 
 async def pao_round(admin_dsn: str, jobs: int, workers: int, concurrency: int) -> float:
     """Runs per second for `workers` pao worker processes draining `jobs` noop runs."""
-    url = await fresh_database(admin_dsn, "pao_bench_throughput")
+    url = await fresh_database(admin_dsn, PAO_DATABASE)
     data_dir = Path(tempfile.mkdtemp(prefix="pao-bench-"))
     settings = Settings(database_url=url, data_dir=data_dir, mcp_config=data_dir / "none.json")
     async with open_engine(settings, run_worker=False) as engine:
@@ -115,7 +123,7 @@ async def pgqueuer_round(admin_dsn: str, jobs: int, dequeue: int, batch: int) ->
     from pgqueuer.models import Job
     from pgqueuer.queries import Queries
 
-    url = await fresh_database(admin_dsn, "pgq_bench_throughput")
+    url = await fresh_database(admin_dsn, PEER_DATABASE)
     subprocess.run(
         [sys.executable, "-m", "pgqueuer", "install"],
         check=True,
@@ -174,7 +182,7 @@ async def main() -> None:
         print(f"ratio pao / pgqueuer: {mine / theirs:.2f}")
     finally:
         admin = await asyncpg.connect(admin_dsn)
-        for name in ("pao_bench_throughput", "pgq_bench_throughput"):
+        for name in (PAO_DATABASE, PEER_DATABASE):
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
         if embedded is not None:

@@ -37,6 +37,7 @@ class StepStatus(StrEnum):
     FAILED = "failed"
     SKIPPED = "skipped"
     CANCELLED = "cancelled"
+    ABANDONED = "abandoned"  # running when its attempt died (worker killed or lease lost); the run went on without it
 
 
 class ScheduleKind(StrEnum):

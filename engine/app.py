@@ -23,7 +23,7 @@ from pao_orchestrator.engine import runs as run_service
 from pao_orchestrator.engine import tasks as task_service
 from pao_orchestrator.engine.downstream import DownstreamPool, Registry, load_registry
 from pao_orchestrator.engine.models import Agent, Run, Task
-from pao_orchestrator.engine.runtime import BUILTINS, Executor, Scheduler, Worker, worker_name
+from pao_orchestrator.engine.runtime import BUILTINS, Executor, Renderer, Scheduler, Worker, worker_name
 from pao_orchestrator.engine.settings import Settings
 from pao_orchestrator.store import agents as agent_store
 from pao_orchestrator.store import migrate, open_database, schema_version
@@ -106,11 +106,19 @@ class Engine:
     async def cancel_task(self, caller: Agent, task_id: UUID, *, stop_running: bool = True) -> lifecycle.CancelledTask:
         return await lifecycle.cancel_task(self.db, caller, task_id, stop_running=stop_running, clock=self.clock)
 
-    def preview_schedule(
+    async def preview_schedule(
         self, schedule_kind: str, schedule_expr: str, timezone: str, *, count: int, after: str | None
     ) -> lifecycle.SchedulePreview:
-        return lifecycle.preview_schedule(
-            schedule_kind, schedule_expr, timezone, count=count, after=after, now=self.clock()
+        # Schedule math is bounded (schedule.HORIZON_YEARS, PREVIEW_BUDGET_SECONDS) yet can take a
+        # moment for a rule whose fires are years apart: off the event loop, so nothing waits on it.
+        return await asyncio.to_thread(
+            lifecycle.preview_schedule,
+            schedule_kind,
+            schedule_expr,
+            timezone,
+            count=count,
+            after=after,
+            now=self.clock(),
         )
 
     async def run_now(self, caller: Agent, task_id: UUID) -> Run:
@@ -227,7 +235,21 @@ async def open_engine(
         background: list[asyncio.Task[None]] = []
         if run_worker:
             name = worker_name()
-            executor = Executor(db, tools, worker=name, secrets=settings.secret_environ())
+            renderer = Renderer(
+                processes=settings.render_processes,
+                timeout=settings.render_timeout_seconds,
+                memory_mb=settings.render_memory_mb,
+                limit=settings.max_value_bytes,
+            )
+            stack.push_async_callback(renderer.aclose)
+            executor = Executor(
+                db,
+                tools,
+                worker=name,
+                secrets=settings.secret_environ(),
+                renderer=renderer,
+                max_value_bytes=settings.max_value_bytes,
+            )
             worker = Worker(
                 db,
                 executor,

@@ -16,13 +16,13 @@ import asyncpg
 from pydantic import BaseModel, Field
 
 from pao_orchestrator.engine import schedule as schedules
-from pao_orchestrator.engine import templating
 from pao_orchestrator.engine.models import Agent, Task, TaskSpec
 from pao_orchestrator.engine.runtime import fires_between, fires_span
 from pao_orchestrator.engine.tasks import (
-    KEY_ROOTS,
+    KEY_FIELDS,
     Clock,
     ToolCatalog,
+    check_keys,
     check_pipeline,
     first_fire,
     schedule_anchor,
@@ -135,10 +135,8 @@ async def update_task(
         if row.status == TaskStatus.CANCELLED:
             raise Conflict(f"task {task_id} is cancelled, which is final; create a new task instead")
         spec = parse(TaskSpec, {**_spec_fields(row), **changes})
-        for name in ("dedupe_key", "concurrency_key"):
-            value = getattr(spec, name)
-            if name in changes and value is not None:
-                templating.check_template(value, name, KEY_ROOTS, ())
+        if any(name in changes for name in (*KEY_FIELDS, "schedule_kind")):
+            check_keys(spec)
         fields = spec.model_dump(mode="json", by_alias=True)
         changed = sorted(name for name in fields if fields[name] != getattr(row, name))
         fields.update(

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator
 
 from pao_orchestrator.engine.runtime import Payload
 from pao_orchestrator.vocabulary import (
@@ -38,16 +38,18 @@ class TaskSpec(BaseModel):
     schedule_expr: str = Field(min_length=1, max_length=2000)
     timezone: str = DEFAULT_TIMEZONE
     payload: Payload
-    priority: int = Field(default=5, ge=1, le=9)
+    # Numbers are strict: "5" and true are refused, not read as 5 and 1 (an agent that sends a string
+    # has a bug worth hearing about); a float field takes an integer, and never NaN or Infinity.
+    priority: StrictInt = Field(default=5, ge=1, le=9)
     dedupe_key: str | None = Field(default=None, max_length=500)
-    dedupe_window_seconds: int = Field(default=0, ge=0, le=31_536_000)
-    max_retries: int = Field(default=3, ge=0, le=100)
+    dedupe_window_seconds: StrictInt = Field(default=0, ge=0, le=31_536_000)
+    max_retries: StrictInt = Field(default=3, ge=0, le=100)
     backoff_strategy: BackoffStrategy = BackoffStrategy.EXPONENTIAL_JITTER
-    backoff_base_seconds: float = Field(default=2.0, ge=0, le=3600)
-    backoff_max_seconds: float = Field(default=300.0, ge=0, le=86_400)
+    backoff_base_seconds: StrictFloat = Field(default=2.0, ge=0, le=3600, allow_inf_nan=False)
+    backoff_max_seconds: StrictFloat = Field(default=300.0, ge=0, le=86_400, allow_inf_nan=False)
     concurrency_key: str | None = Field(default=None, max_length=500)
     misfire_policy: MisfirePolicy = MisfirePolicy.RUN_ONCE
-    misfire_grace_seconds: int = Field(default=3600, ge=0, le=31_536_000)
+    misfire_grace_seconds: StrictInt = Field(default=3600, ge=0, le=31_536_000)
     overlap_policy: OverlapPolicy = OverlapPolicy.SKIP
 
     @field_validator("schedule_expr")
@@ -86,6 +88,9 @@ class Task(BaseModel):
     updated_at: datetime
     next_fires: list[str] = Field(
         default_factory=list, description="The next few fire instants, ISO 8601 in the task's timezone."
+    )
+    schedule_error: str | None = Field(
+        default=None, description="Why the stored schedule cannot be evaluated (then next_fires is empty)."
     )
 
 

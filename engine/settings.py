@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     stream_out: str = "pao:events"
     stream_in: str = "pao:inbox"
     worker_concurrency: int = Field(default=16, ge=1)
+    render_processes: int = Field(default=2, ge=1, le=64)
+    render_timeout_seconds: float = Field(default=1.0, gt=0, le=60)
+    render_memory_mb: int = Field(default=256, ge=32, le=65_536)
+    max_value_bytes: int = Field(default=1_048_576, ge=1024, le=256 * 1_048_576)
     log_level: str = "INFO"
     environ: dict[str, str] = Field(
         default_factory=_environment,

@@ -19,7 +19,7 @@ from pao_orchestrator.engine.models import Agent, Task, TaskSpec
 from pao_orchestrator.engine.paging import decode_cursor, page
 from pao_orchestrator.engine.runtime import BUILTINS, Payload, validate_arguments
 from pao_orchestrator.engine.validation import parse
-from pao_orchestrator.errors import InvalidArgument, StepError
+from pao_orchestrator.errors import InvalidArgument, PaoError, StepError
 from pao_orchestrator.store import TaskRecord
 from pao_orchestrator.store import audit as audit_store
 from pao_orchestrator.store import tasks as task_store
@@ -30,6 +30,28 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 PREVIEW_COUNT = 5
 KEY_ROOTS = frozenset({"trigger", "event", "task", "now"})
+KEY_FIELDS = ("dedupe_key", "concurrency_key")
+
+
+def check_keys(spec: TaskSpec) -> None:
+    """dedupe_key and concurrency_key must be simple templates reading what this task's runs provide.
+
+    They are rendered while a scheduler pass or run_now creates the run, so they may not loop or
+    build values (see templating's simple templates), and `${event...}` is refused on a task that
+    no event starts.
+    """
+    roots = set(KEY_ROOTS)
+    absent: dict[str, str] = {}
+    if spec.schedule_kind != ScheduleKind.EVENT:
+        roots.discard("event")
+        absent["event"] = (
+            f"is set only for runs an event starts, and this task is schedule_kind={spec.schedule_kind.value!r}; "
+            "use ${trigger.scheduled_for}, ${task.id} or literal text"
+        )
+    for name in KEY_FIELDS:
+        value = getattr(spec, name)
+        if value is not None:
+            templating.check_template(value, name, roots, (), simple_only=True, absent=absent)
 
 
 class ToolCatalog(Protocol):
@@ -65,7 +87,16 @@ def next_fires(task: TaskRecord, count: int = PREVIEW_COUNT) -> list[str]:
 
 
 def to_task(row: TaskRecord) -> Task:
-    return Task.model_validate({**row.as_dict(), "next_fires": next_fires(row)})
+    """A stored task as tools return it. One whose schedule no longer evaluates (its zone left tzdata,
+    say) is still returned, with `schedule_error` saying why it has no next fires: one bad row never
+    breaks a list for everyone."""
+    try:
+        fires, problem = next_fires(row), None
+    except Exception as exc:
+        if not isinstance(exc, PaoError):
+            log.exception("task %s: its next fires could not be computed", row.id)
+        fires, problem = [], str(exc)
+    return Task.model_validate({**row.as_dict(), "next_fires": fires, "schedule_error": problem})
 
 
 async def check_pipeline(payload: Payload, catalog: ToolCatalog, *, probe_timeout: float = 15.0) -> list[str]:
@@ -164,16 +195,15 @@ async def create_task(
     now = clock()
     anchor = schedule_anchor(now)
     next_fire_at = first_fire(spec, now=now, anchor=anchor)
-    for name in ("dedupe_key", "concurrency_key"):
-        value = getattr(spec, name)
-        if value is not None:
-            templating.check_template(value, name, KEY_ROOTS, ())
+    check_keys(spec)
     warnings = await check_pipeline(spec.payload, catalog)
     fields = spec.model_dump(mode="json", by_alias=True)
     fields["status"] = TaskStatus.ACTIVE
     fields["next_fire_at"] = next_fire_at
     async with db.acquire() as conn, conn.transaction():
         row = await task_store.insert(conn, fields, created_by=caller.id, now=anchor)
+        # Built before the commit: if the stored task cannot be shown, nothing is kept.
+        task = to_task(row)
         await audit_store.record(
             conn,
             agent_id=caller.id,
@@ -187,7 +217,7 @@ async def create_task(
             },
         )
         await task_store.notify_changed(conn, row.id)
-    return CreatedTask(task=to_task(row), warnings=warnings)
+    return CreatedTask(task=task, warnings=warnings)
 
 
 async def get_task(db: asyncpg.Pool, task_id: UUID) -> Task:

@@ -9,7 +9,7 @@ from uuid import UUID
 
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import ToolAnnotations
-from pydantic import Field
+from pydantic import Field, Strict
 
 from pao_orchestrator.errors import PaoError
 
@@ -24,7 +24,7 @@ STATE = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent
 
 TaskId = Annotated[UUID, Field(description="The task's id, as create_task or list_tasks returned it.")]
 RunId = Annotated[UUID, Field(description="The run's id, as run_now or list_runs returned it.")]
-Limit = Annotated[int, Field(ge=1, le=200, description="Page size, 1..200.")]
+Limit = Annotated[int, Strict(), Field(ge=1, le=200, description="Page size, 1..200.")]
 Cursor = Annotated[str | None, Field(description="next_cursor from the previous page; omit for the first page.")]
 
 

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from uuid import UUID
 
 from mcp.server.mcpserver import MCPServer
-from pydantic import Field
+from pydantic import Field, Strict
 
 from pao_orchestrator.engine import (
     DEFAULT_TIMEZONE,
@@ -68,7 +68,9 @@ def register_schedule_tools(mcp: MCPServer[Any], engine: Engine, caller: Callabl
     async def snooze(
         task_id: TaskId,
         seconds: Annotated[
-            float | None, Field(gt=0, le=366 * 86_400, description="Snooze for this many seconds from now.")
+            float | None,
+            Strict(),
+            Field(gt=0, le=366 * 86_400, allow_inf_nan=False, description="Snooze for this many seconds from now."),
         ] = None,
         until: Annotated[
             str | None,
@@ -111,6 +113,7 @@ def register_schedule_tools(mcp: MCPServer[Any], engine: Engine, caller: Callabl
         task_id: TaskId,
         stop_running: Annotated[
             bool,
+            Strict(),
             Field(description="Also ask running runs to stop before their next step (false: let them finish)."),
         ] = True,
     ) -> CancelledTask:
@@ -128,7 +131,7 @@ def register_schedule_tools(mcp: MCPServer[Any], engine: Engine, caller: Callabl
         schedule_kind: ScheduleKind,
         schedule_expr: Annotated[str, Field(min_length=1, max_length=4096)],
         timezone: Annotated[str, Field(description="IANA timezone the schedule is read in.")] = DEFAULT_TIMEZONE,
-        count: Annotated[int, Field(ge=1, le=MAX_PREVIEW, description="How many fires to list.")] = 5,
+        count: Annotated[int, Strict(), Field(ge=1, le=MAX_PREVIEW, description="How many fires to list.")] = 5,
         after: Annotated[
             str | None, Field(description="List fires strictly after this ISO 8601 instant (with offset); default now.")
         ] = None,
@@ -142,4 +145,4 @@ def register_schedule_tools(mcp: MCPServer[Any], engine: Engine, caller: Callabl
         forward) fires at the same offset after the gap, one that happens twice fires once, the first time.
         An invalid expression or timezone is an error naming the bad part.
         """
-        return engine.preview_schedule(schedule_kind, schedule_expr, timezone, count=count, after=after)
+        return await engine.preview_schedule(schedule_kind, schedule_expr, timezone, count=count, after=after)

@@ -18,7 +18,7 @@ import asyncpg
 from pao_orchestrator.errors import NotFound
 from pao_orchestrator.store.queries import sql
 from pao_orchestrator.store.rows import Record
-from pao_orchestrator.store.steps import StepRecord
+from pao_orchestrator.store.steps import AbandonedStep, StepRecord, abandon
 from pao_orchestrator.vocabulary import BackoffStrategy, RunStatus, Trigger
 
 
@@ -100,6 +100,7 @@ class RunBatch:
     reason: list[str | None] = field(default_factory=list)
     concurrency_key: list[str | None] = field(default_factory=list)
     catch_up: list[bool] = field(default_factory=list)
+    error: list[str | None] = field(default_factory=list)
 
     def add(
         self,
@@ -112,6 +113,7 @@ class RunBatch:
         reason: str | None = None,
         concurrency_key: str | None = None,
         catch_up: bool = False,
+        error: str | None = None,
     ) -> None:
         self.task_id.append(task_id)
         self.status.append(status)
@@ -121,6 +123,7 @@ class RunBatch:
         self.reason.append(reason)
         self.concurrency_key.append(concurrency_key)
         self.catch_up.append(catch_up)
+        self.error.append(error)
 
     def __len__(self) -> int:
         return len(self.task_id)
@@ -196,6 +199,7 @@ async def insert_batch(conn: asyncpg.Connection, batch: RunBatch) -> list[Insert
         batch.reason,
         batch.concurrency_key,
         batch.catch_up,
+        batch.error,
     )
     return [InsertedRun.from_row(r) for r in rows]
 
@@ -269,19 +273,46 @@ async def renew_leases(
     return {r["id"]: r["cancel_requested"] for r in rows}
 
 
+async def renew_lease(conn: asyncpg.Connection, run_id: UUID, worker: str, lease_seconds: float) -> bool | None:
+    """Extend one lease, waiting for a concurrent heartbeat; None when `worker` no longer holds the run,
+    else whether cancellation was requested."""
+    value = await conn.fetchval(sql("renew_lease"), run_id, worker, lease_seconds)
+    return value  # type: ignore[no-any-return]
+
+
 async def requeue_expired(conn: asyncpg.Connection) -> list[tuple[UUID, RunStatus]]:
-    """Re-queue (or fail, past max_attempts) the runs whose worker stopped heartbeating."""
-    return [(r["id"], RunStatus(r["status"])) for r in await conn.fetch(sql("requeue_expired_leases"))]
+    """Re-queue (or fail, past max_attempts) the runs whose worker stopped heartbeating, and close the
+    steps their dead attempts left running (`abandoned`, saying why)."""
+    async with conn.transaction():
+        rows = await conn.fetch(sql("requeue_expired_leases"))
+        abandoned = []
+        for r in rows:
+            then = (
+                f"the run was re-queued as attempt {r['attempt']}"
+                if r["status"] == RunStatus.QUEUED
+                else "no attempts were left, so the run failed"
+            )
+            reason = (
+                f"worker {r['dead_worker'] or '?'} stopped heartbeating (its lease expired) while this step ran; {then}"
+            )
+            abandoned.append(AbandonedStep(r["id"], r["dead_attempt"], reason))
+        await abandon(conn, abandoned)
+    return [(r["id"], RunStatus(r["status"])) for r in rows]
 
 
 async def release(conn: asyncpg.Connection, worker: str, run_ids: list[UUID]) -> list[UUID]:
-    """Graceful shutdown: give runs back without spending an attempt."""
-    return [r["id"] for r in await conn.fetch(sql("release_runs"), worker, run_ids)]
+    """Graceful shutdown: give runs back without spending an attempt; the steps they were running
+    are closed as abandoned (they run again, in the same attempt, when the run is claimed)."""
+    async with conn.transaction():
+        rows = await conn.fetch(sql("release_runs"), worker, run_ids)
+        reason = f"worker {worker} stopped (shutdown) while this step ran; the run was released to run it again"
+        await abandon(conn, [AbandonedStep(r["id"], r["attempt"], reason) for r in rows])
+    return [r["id"] for r in rows]
 
 
 async def finish_many(conn: asyncpg.Connection, worker: str, items: Sequence[Completion]) -> set[UUID]:
     """Record the end of every run in `items`; return the ids `worker` still held the lease of."""
-    steps = [c.step for c in items]
+    records = [c.step for c in items]
     rows = await conn.fetch(
         sql("finish_runs"),
         [c.run_id for c in items],
@@ -290,16 +321,17 @@ async def finish_many(conn: asyncpg.Connection, worker: str, items: Sequence[Com
         [c.error for c in items],
         [c.outputs for c in items],
         [c.reason for c in items],
-        [s.attempt if s else None for s in steps],
-        [s.step_index if s else None for s in steps],
-        [s.step_id if s else None for s in steps],
-        [s.uses if s else None for s in steps],
-        [s.status if s else None for s in steps],
-        [s.input if s else None for s in steps],
-        [s.output if s else None for s in steps],
-        [s.error if s else None for s in steps],
-        [s.started_at if s else None for s in steps],
-        [s.duration_ms if s else None for s in steps],
+        [s.attempt if s else None for s in records],
+        [s.step_index if s else None for s in records],
+        [s.step_id if s else None for s in records],
+        [s.uses if s else None for s in records],
+        [s.status if s else None for s in records],
+        [s.input if s else None for s in records],
+        [s.output if s else None for s in records],
+        [s.error if s else None for s in records],
+        [s.started_at if s else None for s in records],
+        [s.duration_ms if s else None for s in records],
+        [s.output_sealed if s else None for s in records],
     )
     return {r["id"] for r in rows}
 

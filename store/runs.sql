@@ -25,8 +25,9 @@ ORDER BY created_at DESC
 LIMIT 1;
 
 -- name: insert_schedule_runs
--- Every fire decided in a pass, in one statement: runs to execute ('queued') and the fires that
--- were skipped, coalesced or suppressed ('skipped', with the reason), so list_runs tells why.
+-- Every fire decided in a pass, in one statement: runs to execute ('queued'), the fires that
+-- were skipped, coalesced or suppressed ('skipped', with the reason), and fires that could not
+-- become a run ('failed', e.g. a key that did not render, with the error), so list_runs tells why.
 -- ON CONFLICT on runs_one_per_fire: a (task, instant) that already has a row keeps it; a second
 -- scheduler can never double a fire, whatever it computed.
 -- A queued run becomes claimable at its scheduled instant (available_at); runs already due wake
@@ -34,14 +35,14 @@ LIMIT 1;
 -- released by the scheduler's own NOTIFY at that instant.
 WITH input AS (
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::int[], $5::int[], $6::text[],
-                         $7::text[], $8::bool[])
-        AS i(task_id, status, scheduled_for, priority, max_attempts, reason, concurrency_key, catch_up)
+                         $7::text[], $8::bool[], $9::text[])
+        AS i(task_id, status, scheduled_for, priority, max_attempts, reason, concurrency_key, catch_up, error)
 ), inserted AS (
     INSERT INTO runs (task_id, status, trigger, trigger_data, scheduled_for, priority, concurrency_key,
-                      max_attempts, available_at, reason, finished_at)
+                      max_attempts, available_at, reason, error, finished_at)
     SELECT task_id, status, 'schedule',
            CASE WHEN catch_up THEN '{"catch_up": true}'::jsonb ELSE '{}'::jsonb END,
-           scheduled_for, priority, concurrency_key, max_attempts, scheduled_for, reason,
+           scheduled_for, priority, concurrency_key, max_attempts, scheduled_for, reason, error,
            CASE WHEN status <> 'queued' THEN now() END
     FROM input
     ON CONFLICT (task_id, scheduled_for) WHERE trigger = 'schedule' DO NOTHING
@@ -139,16 +140,26 @@ FROM held
 WHERE r.id = held.id
 RETURNING r.id, r.cancel_requested;
 
+-- name: renew_lease
+-- Before a step, when the worker cannot tell from its own clock that its lease still runs: does it
+-- hold the run? If so the lease is renewed. Unlike the heartbeat it waits for a row lock (a
+-- heartbeat renewing the same run) instead of skipping, so a busy row is not taken for a lost one.
+UPDATE runs SET lease_expires_at = now() + make_interval(secs => $3::float8)
+WHERE id = $1 AND lease_owner = $2 AND status = 'running'
+RETURNING cancel_requested;
+
 -- name: requeue_expired_leases
 -- Runs whose worker stopped heartbeating go back to the queue as a new attempt;
 -- past max_attempts they fail instead of looping on a run that kills its worker.
 -- SKIP LOCKED: a locked run is being written by its (live) worker, so its lease is not lost.
+-- Returns the dead attempt and its worker, whose running steps the caller then closes; re-queued
+-- runs wake the workers (delivered on commit).
 WITH expired AS (
-    SELECT id FROM runs
+    SELECT id, attempt, lease_owner FROM runs
     WHERE status = 'running' AND lease_expires_at < now()
     ORDER BY id
     FOR UPDATE SKIP LOCKED
-)
+), requeued AS (
 UPDATE runs r
 SET status = CASE WHEN r.attempt >= r.max_attempts THEN 'failed' ELSE 'queued' END,
     attempt = CASE WHEN r.attempt >= r.max_attempts THEN r.attempt ELSE r.attempt + 1 END,
@@ -163,23 +174,32 @@ SET status = CASE WHEN r.attempt >= r.max_attempts THEN 'failed' ELSE 'queued' E
     updated_at = now()
 FROM expired
 WHERE r.id = expired.id
-RETURNING r.id, r.status;
+RETURNING r.id, r.status, r.attempt, expired.attempt AS dead_attempt, expired.lease_owner AS dead_worker
+), wake AS (
+    SELECT pg_notify(:RUNS_CHANNEL, '') WHERE EXISTS (SELECT 1 FROM requeued WHERE status = 'queued')
+)
+SELECT requeued.* FROM requeued LEFT JOIN wake ON true;
 
 -- name: release_runs
 -- Graceful shutdown: give runs back without burning an attempt. Rows are locked in id order,
--- like every multi-row write to runs, so concurrent batches cannot deadlock.
+-- like every multi-row write to runs, so concurrent batches cannot deadlock. The released runs
+-- wake the workers (another process can take them at once).
 WITH held AS (
     SELECT id FROM runs
     WHERE id = ANY($2::uuid[]) AND lease_owner = $1 AND status = 'running'
     ORDER BY id
     FOR UPDATE
+), released AS (
+    UPDATE runs r
+    SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, available_at = now(),
+        reason = 'released by worker ' || $1 || ' on shutdown', updated_at = now()
+    FROM held
+    WHERE r.id = held.id
+    RETURNING r.id, r.attempt
+), wake AS (
+    SELECT pg_notify(:RUNS_CHANNEL, '') WHERE EXISTS (SELECT 1 FROM released)
 )
-UPDATE runs r
-SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, available_at = now(),
-    reason = 'released by worker ' || $1 || ' on shutdown', updated_at = now()
-FROM held
-WHERE r.id = held.id
-RETURNING r.id;
+SELECT released.* FROM released LEFT JOIN wake ON true;
 
 -- name: finish_runs
 -- Record the end of many runs of worker $2 in one statement (one commit for a whole batch), each
@@ -189,9 +209,10 @@ WITH input AS (
     SELECT *
     FROM unnest($1::uuid[], $3::text[], $4::text[], $5::jsonb[], $6::text[],
                 $7::int[], $8::int[], $9::text[], $10::text[], $11::text[], $12::jsonb[], $13::jsonb[],
-                $14::text[], $15::timestamptz[], $16::float8[])
+                $14::text[], $15::timestamptz[], $16::float8[], $17::jsonb[])
          AS i(run_id, status, error, outputs, reason,
-              attempt, step_index, step_id, uses, step_status, input, output, step_error, started_at, duration_ms)
+              attempt, step_index, step_id, uses, step_status, input, output, step_error, started_at, duration_ms,
+              output_sealed)
 ), held AS (
     -- One primary-key lookup per input row (LATERAL keeps the planner from scanning the batch once
     -- per running run when its statistics say few runs are running), locking rows in id order as
@@ -211,28 +232,47 @@ WITH input AS (
         finished_at = now(), lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
     FROM held h
     WHERE r.id = h.run_id
-    RETURNING h.*
+    RETURNING h.*, r.concurrency_key AS released_key
 ), steps AS (
     INSERT INTO run_steps (run_id, attempt, step_index, step_id, uses, status, input, output, error,
-                           started_at, finished_at, duration_ms)
+                           started_at, finished_at, duration_ms, output_sealed)
     SELECT run_id, attempt, step_index, step_id, uses, step_status, input, output, step_error,
-           started_at, now(), duration_ms
+           started_at, now(), duration_ms, output_sealed
     FROM finished
     WHERE step_index IS NOT NULL
     ON CONFLICT (run_id, attempt, step_index) DO UPDATE
     SET status = EXCLUDED.status, input = EXCLUDED.input, output = EXCLUDED.output, error = EXCLUDED.error,
-        started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at, duration_ms = EXCLUDED.duration_ms
+        started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at, duration_ms = EXCLUDED.duration_ms,
+        output_sealed = EXCLUDED.output_sealed
+), wake AS (
+    -- A run that held a concurrency key released it: if a run waits for that key (runs_waiting_key),
+    -- wake the workers now instead of at their next poll.
+    SELECT pg_notify(:RUNS_CHANNEL, '')
+    WHERE EXISTS (
+        SELECT 1 FROM finished f JOIN runs q ON q.concurrency_key = f.released_key
+        WHERE q.status = 'queued' AND q.available_at <= now()
+    )
 )
-SELECT run_id AS id FROM finished;
+SELECT run_id AS id FROM finished LEFT JOIN wake ON true;
 
 -- name: retry_run
--- Back to the queue as the next attempt, claimable after the backoff.
-UPDATE runs
-SET status = 'queued', attempt = attempt + 1, error = $3, reason = $4,
-    available_at = now() + make_interval(secs => $5::float8),
-    lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
-WHERE id = $1 AND lease_owner = $2 AND status = 'running'
-RETURNING id;
+-- Back to the queue as the next attempt, claimable after the backoff. Its concurrency key is free
+-- meanwhile: a run waiting for it is woken at once.
+WITH retried AS (
+    UPDATE runs
+    SET status = 'queued', attempt = attempt + 1, error = $3, reason = $4,
+        available_at = now() + make_interval(secs => $5::float8),
+        lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+    WHERE id = $1 AND lease_owner = $2 AND status = 'running'
+    RETURNING id, concurrency_key
+), wake AS (
+    SELECT pg_notify(:RUNS_CHANNEL, '')
+    WHERE EXISTS (
+        SELECT 1 FROM retried f JOIN runs q ON q.concurrency_key = f.concurrency_key
+        WHERE q.id <> f.id AND q.status = 'queued' AND q.available_at <= now()
+    )
+)
+SELECT retried.id FROM retried LEFT JOIN wake ON true;
 
 -- name: cancel_queued_run
 UPDATE runs

@@ -9,10 +9,11 @@ from __future__ import annotations
 from pao_orchestrator.engine.runtime.arguments import validate_arguments
 from pao_orchestrator.engine.runtime.builtins import BUILTINS, Builtin
 from pao_orchestrator.engine.runtime.enqueuing import RunSource, enqueue, key_context, serial_key, trigger_view
-from pao_orchestrator.engine.runtime.executor import Executor, RunHandle, ToolCaller
+from pao_orchestrator.engine.runtime.executor import Executor, RunHandle, ToolCaller, lease_clock
 from pao_orchestrator.engine.runtime.fires import between as fires_between
 from pao_orchestrator.engine.runtime.fires import span as fires_span
 from pao_orchestrator.engine.runtime.pipeline import Payload, PipelineStep
+from pao_orchestrator.engine.runtime.renderer import Renderer
 from pao_orchestrator.engine.runtime.scheduler import PassResult, Scheduler
 from pao_orchestrator.engine.runtime.worker import Worker, worker_name
 
@@ -23,6 +24,7 @@ __all__ = [
     "PassResult",
     "Payload",
     "PipelineStep",
+    "Renderer",
     "RunHandle",
     "RunSource",
     "Scheduler",
@@ -32,6 +34,7 @@ __all__ = [
     "fires_between",
     "fires_span",
     "key_context",
+    "lease_clock",
     "serial_key",
     "trigger_view",
     "validate_arguments",

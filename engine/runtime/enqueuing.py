@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 from uuid import UUID
 
 import asyncpg
 
-from pao_orchestrator.engine.templating import render
+from pao_orchestrator.engine.runtime import storable
+from pao_orchestrator.engine.templating import TemplateError, needs_isolation, render
 from pao_orchestrator.store import NewRun, RunRecord
 from pao_orchestrator.store import runs as run_store
 from pao_orchestrator.vocabulary import OverlapPolicy, RunStatus, Trigger
@@ -50,12 +52,61 @@ def key_context(
     }
 
 
-def render_key(template: str | None, context: dict[str, Any]) -> str | None:
-    """A dedupe or concurrency key rendered from its template (None when there is none)."""
+MAX_KEY_LENGTH: Final = 1000
+"""The longest rendered key: keys are indexed, and a btree entry has a size limit."""
+
+
+@dataclass(frozen=True)
+class Keys:
+    """A run's rendered dedupe and concurrency keys."""
+
+    dedupe: str | None
+    concurrency: str | None
+
+
+def render_key(template: str | None, context: dict[str, Any], field: str) -> str | None:
+    """A dedupe or concurrency key rendered from its template (None when there is none).
+
+    Keys are rendered while runs are created (in a scheduler pass, in run_now), so only simple
+    templates are rendered (the save-time check enforces it; a task stored before it was is refused
+    here), and the result must be storable text of at most MAX_KEY_LENGTH characters. Anything
+    else raises TemplateError naming the field.
+    """
     if template is None:
         return None
-    value = render(template, context)
-    return None if value is None else str(value)
+    if needs_isolation(template):
+        raise TemplateError(
+            f"{field}: {template!r} is not a simple template (keys may read values, with cheap filters "
+            "and conditions); update_task with a simpler key"
+        )
+    value = render(template, context, field=field, limit=MAX_KEY_LENGTH)
+    if value is None:
+        return None
+    text = str(value)
+    problem = storable.problem(text, MAX_KEY_LENGTH)
+    if problem is not None:
+        raise TemplateError(f"{field}: {template!r} rendered a key that {problem}")
+    return text
+
+
+def render_keys(
+    task: RunSource,
+    trigger: Trigger,
+    trigger_data: dict[str, Any],
+    scheduled_for: datetime,
+    *,
+    default_concurrency_key: str | None = None,
+) -> Keys:
+    """The keys a run of `task` fired by `trigger` at `scheduled_for` gets; TemplateError if one cannot be rendered."""
+    if task.concurrency_key is None and task.dedupe_key is None:
+        return Keys(None, default_concurrency_key)  # the usual case: nothing to render
+    context = key_context(task, trigger, trigger_data, scheduled_for)
+    concurrency = (
+        render_key(task.concurrency_key, context, "concurrency_key")
+        if task.concurrency_key
+        else default_concurrency_key
+    )
+    return Keys(render_key(task.dedupe_key, context, "dedupe_key"), concurrency)
 
 
 def serial_key(task_id: UUID, overlap_policy: OverlapPolicy) -> str | None:
@@ -72,6 +123,7 @@ async def enqueue(
     scheduled_for: datetime,
     created_by: UUID | None,
     default_concurrency_key: str | None = None,
+    keys: Keys | None = None,
 ) -> RunRecord:
     """Insert a queued run for `task`, applying its dedupe rule; the caller owns the transaction.
 
@@ -79,11 +131,12 @@ async def enqueue(
     dedupe window is recorded as `skipped`, pointing at the original
     (`deduped_of`), and never executes. A window of 0 means "while the original
     is still queued or running". `default_concurrency_key` applies when the task
-    has no concurrency_key of its own.
+    has no concurrency_key of its own; `keys`, when given, were rendered already.
+    A key that cannot be rendered raises TemplateError before anything is written.
     """
-    context = key_context(task, trigger, trigger_data, scheduled_for)
-    dedupe_key = render_key(task.dedupe_key, context)
-    concurrency_key = render_key(task.concurrency_key, context) if task.concurrency_key else default_concurrency_key
+    if keys is None:
+        keys = render_keys(task, trigger, trigger_data, scheduled_for, default_concurrency_key=default_concurrency_key)
+    dedupe_key, concurrency_key = keys.dedupe, keys.concurrency
     status = RunStatus.QUEUED
     reason: str | None = None
     deduped_of: UUID | None = None

@@ -3,7 +3,17 @@
 Every step is written to `run_steps` as soon as it ends, so a crash loses at
 most the step in flight. A retry (or a run taken over after a lost lease)
 resumes at the first step that has not succeeded; earlier outputs are reused,
-never recomputed.
+never recomputed, and with the real values: an output that held a secret is
+stored shown as *** and sealed (the secret replaced by a mark naming it), and a
+resume puts the secret back from the environment (see `templating.seal`).
+
+Before each step the worker makes sure it still holds the run's lease, so a
+worker that was stopped (SIGSTOP, a long GC pause, a frozen VM) past its lease
+does not call a downstream tool for a run another worker has taken over. Every
+write it makes is fenced on the lease as well. A step's rendered arguments and
+its output must be storable (no NUL, no NaN, at most PAO_MAX_VALUE_BYTES): one
+that is not fails that step, with an error that says why, before anything of
+it is written.
 """
 
 from __future__ import annotations
@@ -21,12 +31,14 @@ import asyncpg
 
 from pao_orchestrator.contracts import BUILTIN_SERVER
 from pao_orchestrator.engine import templating
+from pao_orchestrator.engine.runtime import storable
 from pao_orchestrator.engine.runtime.arguments import validate_arguments
 from pao_orchestrator.engine.runtime.backoff import backoff_delay
 from pao_orchestrator.engine.runtime.builtins import BUILTINS, call_builtin
 from pao_orchestrator.engine.runtime.completions import Completions
 from pao_orchestrator.engine.runtime.enqueuing import trigger_view
 from pao_orchestrator.engine.runtime.pipeline import Payload, PipelineStep
+from pao_orchestrator.engine.runtime.renderer import Renderer
 from pao_orchestrator.errors import StepError
 from pao_orchestrator.store import ClaimedRun, Completion, StepRecord
 from pao_orchestrator.store import runs as run_store
@@ -46,11 +58,25 @@ class ToolCaller(Protocol):
     async def tool_schema(self, server: str, tool: str) -> dict[str, Any] | None: ...
 
 
+_LEASE_CLOCK = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
+
+
+def lease_clock() -> float:
+    """Seconds on a clock that keeps counting while the process is stopped or the machine sleeps
+    (CLOCK_BOOTTIME where there is one)."""
+    return time.clock_gettime(_LEASE_CLOCK)
+
+
 @dataclass
 class RunHandle:
-    """A run this worker holds, and the flag an agent's cancel_run sets."""
+    """A run this worker holds, what it knows of its lease, and the flag an agent's cancel_run sets."""
 
     run: ClaimedRun
+    lease_seconds: float = 30.0
+    # A lease_clock() reading until which the lease is surely held: read before the claim or renewal
+    # that set the lease, plus its length (the database set it later, so it lasts longer still).
+    # 0: unknown, ask the database before the next step.
+    held_until: float = 0.0
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     # Set once the pipeline has stopped executing and only its record remains to be committed:
     # the worker may start another run in this slot while the group commit is in flight.
@@ -108,10 +134,14 @@ class Executor:
         *,
         worker: str,
         secrets: Mapping[str, str],
+        renderer: Renderer | None = None,
+        max_value_bytes: int = templating.MAX_OUTPUT,
     ) -> None:
         self._db = db
         self._tools = tools
         self._worker = worker
+        self.renderer = renderer or Renderer(limit=max_value_bytes)
+        self._max_value = max_value_bytes
         self._completions = Completions(db, worker)
         self._pipelines: dict[tuple[Any, Any], list[PipelineStep]] = {}
         # Only the PAO_SECRET_* variables (Settings.secret_environ): filtering a whole environment per
@@ -140,7 +170,7 @@ class Executor:
     async def _execute(self, handle: RunHandle) -> Outcome:
         run = handle.run
         pipeline = self._pipeline(run)
-        done: dict[int, Any] = {}
+        done: dict[int, step_store.PreviousOutput] = {}
         if run.resume:
             # A retry, or a run taken over from a worker that died: resume after what succeeded.
             async with self._db.acquire() as conn:
@@ -152,20 +182,25 @@ class Executor:
         for index, step in enumerate(pipeline):
             if handle.cancel.is_set():
                 await self._finish(
-                    handle, RunStatus.CANCELLED, None, saved, reason="cancelled by cancel_run between steps"
+                    handle,
+                    RunStatus.CANCELLED,
+                    None,
+                    _scrub(saved, secrets.used_values()),
+                    reason="cancelled by cancel_run between steps",
                 )
                 return Outcome.CANCELLED
-            if index in done:
-                output = done[index]
-            else:
-                # The last step's record rides along with the run's completion: one write, not two.
-                defer = index == len(pipeline) - 1
-                try:
+            try:
+                if index in done:
+                    output = self._reuse(step, done[index], secrets)
+                else:
+                    await self._check_lease(handle)
+                    # The last step's record rides along with the run's completion: one write, not two.
+                    defer = index == len(pipeline) - 1
                     output, last_record = await self._run_step(
                         run, index, step, outputs_by_step, saved, secrets, defer=defer
                     )
-                except StepError as exc:
-                    return await self._fail(handle, step, exc, secrets.used_values())
+            except StepError as exc:
+                return await self._fail(handle, step, exc, secrets.used_values())
             outputs_by_step[step.id] = output
             if step.save_as:
                 saved[step.save_as] = output
@@ -173,6 +208,34 @@ class Executor:
             handle, RunStatus.SUCCEEDED, None, _scrub(saved, secrets.used_values()), step_record=last_record
         )
         return Outcome.SUCCEEDED
+
+    @staticmethod
+    def _reuse(step: PipelineStep, previous: step_store.PreviousOutput, secrets: templating.Secrets) -> Any:
+        """The output a step recorded in an earlier attempt, with any secret it held put back."""
+        if previous.sealed is None:
+            return previous.output
+        try:
+            return templating.unseal(previous.sealed, secrets)
+        except StepError as exc:
+            raise StepError(
+                f"its output from an earlier attempt held a secret that is no longer set ({exc}); "
+                "set it again and re-run the task",
+                retryable=False,
+            ) from None
+
+    async def _check_lease(self, handle: RunHandle) -> None:
+        """Raise LeaseLost unless this worker still holds the run: from what it knows when the lease
+        surely has a third of its length left, else from the database (renewing it)."""
+        if lease_clock() < handle.held_until - handle.lease_seconds / 3:
+            return
+        asked = lease_clock()
+        async with self._db.acquire() as conn:
+            cancel = await run_store.renew_lease(conn, handle.run.id, self._worker, handle.lease_seconds)
+        if cancel is None:
+            raise LeaseLost
+        handle.held_until = asked + handle.lease_seconds
+        if cancel:
+            handle.cancel.set()
 
     async def _run_step(
         self,
@@ -202,8 +265,12 @@ class Executor:
                     secrets=secrets,
                     now=started,
                 )
-                arguments = templating.render(arguments, context)
+                arguments = await self.renderer.render(arguments, context)
+                problem = storable.problem(arguments, self._max_value)
+                if problem is not None:
+                    raise StepError(f"{step.uses}: the rendered 'with' {problem}", retryable=False)
             if step.server == BUILTIN_SERVER:
+                # A built-in's output is made of its arguments, which were checked (at save, or above).
                 output = await self._call(step, arguments)
             else:
                 # A call still going after RUNNING_MARK_DELAY shows as running in get_run. A quick one
@@ -213,6 +280,10 @@ class Executor:
                     output = await self._call(step, arguments)
                 finally:
                     row_id = await mark.settle()
+                problem = storable.problem(output, self._max_value)
+                if problem is not None:
+                    # Not retryable: the same call would most likely answer the same way.
+                    raise StepError(f"{step.uses} returned an output that {problem}", retryable=False)
         except StepError as exc:
             record = self._step_record(
                 run, index, step, StepStatus.FAILED, arguments, None, str(exc), started, t0, secrets
@@ -271,8 +342,8 @@ class Executor:
             raise LeaseLost
         return row_id
 
-    @staticmethod
     def _step_record(
+        self,
         run: ClaimedRun,
         index: int,
         step: PipelineStep,
@@ -285,6 +356,10 @@ class Executor:
         secrets: templating.Secrets,
     ) -> StepRecord:
         used = secrets.used_values()
+        if status != StepStatus.SUCCEEDED and storable.problem(arguments, self._max_value) is not None:
+            # What failed is what cannot be stored (a NUL in the rendered arguments, say): the
+            # record leaves it out, its error says what was wrong.
+            arguments = None
         return StepRecord(
             attempt=run.attempt,
             step_index=index,
@@ -293,30 +368,25 @@ class Executor:
             status=status,
             input=_scrub(arguments, used),
             output=_scrub(output, used),
-            error=_scrub(error, used),
+            error=storable.text(_scrub(error, used)),
             started_at=started,
             duration_ms=(time.perf_counter() - t0) * 1000,
+            output_sealed=templating.seal(output, secrets.used()) if used and output is not None else None,
         )
 
     async def _write_step(self, run: ClaimedRun, record: StepRecord, row_id: int | None) -> None:
         async with self._db.acquire() as conn:
             if row_id is not None:
-                await step_store.finish(
-                    conn,
-                    row_id,
-                    status=record.status,
-                    output=record.output,
-                    error=record.error,
-                    duration_ms=record.duration_ms,
-                )
-                return
-            held = await step_store.record(conn, run_id=run.id, record=record, worker=self._worker)
+                held = await step_store.finish(conn, row_id, run_id=run.id, record=record, worker=self._worker)
+            else:
+                held = await step_store.record(conn, run_id=run.id, record=record, worker=self._worker)
         if not held:
             raise LeaseLost
 
     async def _fail(self, handle: RunHandle, step: PipelineStep, exc: StepError, used: set[str]) -> Outcome:
         run = handle.run
-        message = _scrub(f"step {step.id!r} ({step.uses}) failed: {exc}", used)
+        message = storable.text(_scrub(f"step {step.id!r} ({step.uses}) failed: {exc}", used))
+        assert message is not None
         if exc.retryable and run.attempt < run.max_attempts:
             delay = backoff_delay(
                 run.backoff_strategy,

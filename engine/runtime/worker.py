@@ -20,7 +20,7 @@ from uuid import UUID
 import asyncpg
 
 from pao_orchestrator.contracts import CANCEL_CHANNEL, RUNS_CHANNEL
-from pao_orchestrator.engine.runtime.executor import Executor, RunHandle
+from pao_orchestrator.engine.runtime.executor import Executor, RunHandle, lease_clock
 from pao_orchestrator.store import DATABASE_ERRORS, Listener
 from pao_orchestrator.store import runs as run_store
 from pao_orchestrator.vocabulary import Outcome
@@ -105,6 +105,7 @@ class Worker:
             self._slot_free.clear()
             await self._wait(self._slot_free)
             return True
+        asked = lease_clock()
         try:
             async with self._db.acquire() as conn:
                 rows = await run_store.claim(conn, self.name, free, self._lease)
@@ -113,7 +114,7 @@ class Worker:
             await asyncio.sleep(min(self._poll, 1.0))
             return False
         for row in rows:
-            handle = RunHandle(row)
+            handle = RunHandle(row, lease_seconds=self._lease, held_until=asked + self._lease)
             if row.cancel_requested:
                 handle.cancel.set()
             handle.on_executed = self._slot_free.set
@@ -180,6 +181,7 @@ class Worker:
             held = list(self._active)
             if not held:
                 continue
+            asked = lease_clock()
             try:
                 async with self._db.acquire() as conn:
                     still = await run_store.renew_leases(conn, self.name, held, self._lease)
@@ -189,8 +191,12 @@ class Worker:
                 log.log(level, "lease renewal failed (%s: %s); retrying", type(exc).__name__, exc)
                 continue
             for run_id, cancel in still.items():
-                if cancel and run_id in self._active:
-                    self._active[run_id][0].cancel.set()
+                entry = self._active.get(run_id)
+                if entry is None:
+                    continue
+                entry[0].held_until = asked + self._lease
+                if cancel:
+                    entry[0].cancel.set()
 
     def _on_notify(self, channel: str, payload: str) -> None:
         if channel == CANCEL_CHANNEL:

@@ -13,12 +13,8 @@ from zoneinfo import ZoneInfo
 from croniter import croniter
 
 from pao_orchestrator.engine.schedule.errors import invalid, quote
-from pao_orchestrator.engine.schedule.wallclock import MAX_MONTH_DAYS, WallRule
+from pao_orchestrator.engine.schedule.wallclock import HORIZON_YEARS, MAX_MONTH_DAYS, BeyondHorizon, WallRule
 from pao_orchestrator.errors import InvalidArgument
-
-# A cron expression that matches no day within this many years never fires (29 Feb
-# has gaps of up to 8 years, e.g. 2096 -> 2104).
-_CRON_HORIZON_YEARS: Final = 10
 
 _ONE_SECOND: Final = timedelta(seconds=1)
 _ONE_DAY: Final = timedelta(days=1)
@@ -220,7 +216,7 @@ class CronRule(WallRule):
         if at is None:
             day += _ONE_DAY
             at = self._first_time
-        last_year = min(start.year + _CRON_HORIZON_YEARS, 9999)
+        last_year = min(start.year + HORIZON_YEARS, 9999)
         months = self._months
         while day.year <= last_year:
             if day.month not in months:
@@ -232,7 +228,7 @@ class CronRule(WallRule):
                     if month in months:
                         break
                 if year > last_year:
-                    return None
+                    break
                 day = date(year, month, 1)
                 at = self._first_time
                 continue
@@ -240,13 +236,15 @@ class CronRule(WallRule):
                 return datetime.combine(day, at)
             day += _ONE_DAY
             at = self._first_time
-        return None
+        raise BeyondHorizon
 
     def _fallback_next(self, wall: datetime) -> datetime | None:
         # croniter computes on naive datetimes as pure wall-clock arithmetic.
         with self._lock:
             try:
-                result = self._fallback.get_next(datetime, start_time=wall)
+                result = cast(datetime, self._fallback.get_next(datetime, start_time=wall))
             except Exception:  # CroniterBadDateError: nothing within croniter's 50 years
-                return None
-        return cast(datetime, result)
+                raise BeyondHorizon from None
+        if result.year > wall.year + HORIZON_YEARS:
+            raise BeyondHorizon
+        return result

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -16,19 +15,40 @@ from zoneinfo import ZoneInfo
 
 from dateutil import rrule as du_rrule
 
-from pao_orchestrator.engine.schedule.wallclock import ITERATION_CAP, WallRule
+from pao_orchestrator.engine.schedule.wallclock import HORIZON_YEARS, ITERATION_CAP, BeyondHorizon, WallRule
 
 _ONE_MICROSECOND: Final = timedelta(microseconds=1)
+
+# dateutil walks a rule period by period and compares with UNTIL only when a period yields an
+# occurrence, so a rule whose BY... parts never match (FREQ=MINUTELY;INTERVAL=10080;BYDAY=TU from a
+# Monday) is walked period by period up to the year 9999: seconds of CPU on the event loop. The walk
+# rebuilds its per-month masks (`_iterinfo.rebuild(year, month)`) at least once for every month it
+# passes, so refusing to rebuild past a year bounds it. The subclass acts only on rules carrying
+# _LAST_YEAR (the copies a Cursor iterates); every other rule iterates exactly as dateutil does.
+_LAST_YEAR: Final = "_pao_last_year"
+_IterInfo: Any = getattr(du_rrule, "_iterinfo")  # noqa: B009 - a private name of dateutil, on purpose
+
+
+class _BoundedIterInfo(_IterInfo):  # type: ignore[misc]
+    def rebuild(self, year: int, month: int) -> None:
+        last = getattr(self.rrule, _LAST_YEAR, None)
+        if last is not None and year > last:
+            raise BeyondHorizon
+        super().rebuild(year, month)
+
+
+setattr(du_rrule, "_iterinfo", _BoundedIterInfo)  # noqa: B010
 
 
 @dataclass(frozen=True)
 class _Window:
-    """The first `Cursor.WINDOW` occurrences of a copy of the rule starting at `start`."""
+    """Occurrences of a copy of the rule starting at `start`: up to `Cursor.WINDOW`, within the horizon."""
 
     start: datetime  # the copy's DTSTART: `items` holds every occurrence >= start, in order
     before: int  # occurrences of the original rule before `start` (for COUNT)
     items: tuple[datetime, ...]
     complete: bool  # the rule has no occurrence after items[-1]
+    cut: bool  # the walk stopped HORIZON_YEARS after `start`: no occurrence between items[-1] and there
 
 
 def _window_start(window: _Window) -> datetime:
@@ -46,7 +66,7 @@ _FIXED_PERIODS: Final = {
 
 
 class Cursor:
-    """`first occurrence > wall` over one dateutil rrule, in O(log n) once warm.
+    """`first occurrence > wall` over one dateutil rrule, in O(log n) once warm, bounded by the horizon.
 
     dateutil's `after()` iterates from DTSTART on every call (a rule created a year
     ago with FREQ=HOURLY walks 8760 occurrences), and merely starting its generator
@@ -57,6 +77,10 @@ class Cursor:
     period (WEEKLY..SECONDLY) the copy jumps straight to a whole number of periods
     after DTSTART, which keeps the phase and every default dateutil derives from
     DTSTART (weekday, time of day), so a far jump costs O(1) windows.
+
+    Every window is walked at most HORIZON_YEARS past its start. A rule with no occurrence
+    within that span after an occurrence (or after where the search could start) has no
+    further occurrence: `after` raises BeyondHorizon.
     """
 
     WINDOW: Final = 64
@@ -76,12 +100,23 @@ class Cursor:
         self._recent: tuple[_Window, ...] = ()  # sorted by start; replaced atomically
 
     def _fill(self, start: datetime, before: int) -> _Window:
-        rule = self._origin
-        if start != self._dtstart:
-            count = None if self._count is None else self._count - before
-            rule = rule.replace(dtstart=start, count=count)
-        items = tuple(itertools.islice(iter(rule), self.WINDOW))
-        return _Window(start, before, items, len(items) < self.WINDOW)
+        count = None if self._count is None else self._count - before
+        rule = self._origin.replace(dtstart=start, count=count)
+        setattr(rule, _LAST_YEAR, start.year + HORIZON_YEARS)
+        items: list[datetime] = []
+        cut = False
+        try:
+            for item in rule:
+                items.append(item)
+                if len(items) == self.WINDOW:
+                    break
+        except BeyondHorizon:
+            cut = True
+        except ValueError:
+            # dateutil finds some rules empty only while iterating ("Invalid combination of
+            # interval and byhour resulting in empty rule"): nothing after what was found.
+            return _Window(start, before, tuple(items), complete=True, cut=False)
+        return _Window(start, before, tuple(items), complete=not cut and len(items) < self.WINDOW, cut=cut)
 
     def after(self, wall: datetime) -> datetime | None:
         recent = self._recent
@@ -93,31 +128,43 @@ class Cursor:
                 self._first = self._fill(self._dtstart, 0)
             window = self._first
         created: list[_Window] = []
-        while True:
-            items = window.items
-            position = bisect.bisect_right(items, wall)
-            if position < len(items):
-                result: datetime | None = items[position]
-                break
-            if window.complete:
-                result = None
-                break
-            last = items[-1]
-            step = self._step
-            if step is not None and wall - last > step * self.WINDOW:
-                periods = (wall - self._dtstart) // step - 1
-                window = self._fill(self._dtstart + step * periods, 0)
-            else:
-                window = self._fill(last, window.before + len(items) - 1)
-            created.append(window)
-            created = created[-self.MAX_WINDOWS :]
-        if created:
-            merged = {w.start: w for w in (*recent, *created)}
-            self._recent = tuple(merged[k] for k in sorted(merged))[-self.MAX_WINDOWS :]
+        try:
+            while True:
+                items = window.items
+                position = bisect.bisect_right(items, wall)
+                if position < len(items):
+                    result: datetime | None = items[position]
+                    break
+                if window.complete:
+                    result = None
+                    break
+                last = items[-1] if items else None
+                step = self._step
+                following: _Window | None = None
+                if step is not None and (last is None or wall - last > step * self.WINDOW):
+                    periods = max((wall - self._dtstart) // step - 1, 0)
+                    start = self._dtstart + step * periods
+                    if start > window.start:
+                        following = self._fill(start, 0)
+                if following is None and last is not None and not (window.cut and last == window.start):
+                    following = self._fill(last, window.before + len(items) - 1)
+                if following is None:
+                    # Cut at the horizon with no occurrence after its start: none within HORIZON_YEARS.
+                    raise BeyondHorizon
+                window = following
+                created.append(window)
+                created = created[-self.MAX_WINDOWS :]
+        finally:
+            if created:
+                merged = {w.start: w for w in (*recent, *created)}
+                self._recent = tuple(merged[k] for k in sorted(merged))[-self.MAX_WINDOWS :]
         return result
 
     def contains(self, wall: datetime) -> bool:
-        return self.after(wall - _ONE_MICROSECOND) == wall
+        try:
+            return self.after(wall - _ONE_MICROSECOND) == wall
+        except BeyondHorizon:
+            return False
 
 
 class RRuleRule(WallRule):
@@ -143,14 +190,21 @@ class RRuleRule(WallRule):
         cursor = wall
         for _ in range(ITERATION_CAP):
             best: datetime | None = None
+            beyond = False
             for rule in self._rules:
-                occurrence = rule.after(cursor)
+                try:
+                    occurrence = rule.after(cursor)
+                except BeyondHorizon:
+                    beyond = True
+                    continue
                 if occurrence is not None and (best is None or occurrence < best):
                     best = occurrence
             index = bisect.bisect_right(self._rdates, cursor)
             if index < len(self._rdates) and (best is None or self._rdates[index] < best):
                 best = self._rdates[index]
             if best is None:
+                if beyond:
+                    raise BeyondHorizon
                 return None
             if best in self._exdates or best.date() in self._exdays or any(ex.contains(best) for ex in self._exrules):
                 cursor = best

@@ -10,6 +10,9 @@ from zoneinfo import ZoneInfo
 
 from pao_orchestrator.engine.schedule.errors import invalid, quote
 
+# No fire is scheduled at or after this instant. asyncpg writes datetime.max as 'infinity', and
+# instants near it overflow as soon as anything is added to them.
+LATEST: Final = datetime(9999, 1, 1, tzinfo=UTC)
 MIN_CONDITION_INTERVAL: Final = timedelta(seconds=1)
 MAX_CONDITION_INTERVAL: Final = timedelta(days=365)
 MAX_EVENT_PATTERN_LEN: Final = 256
@@ -61,7 +64,13 @@ def parse_once(expr: str, tz: ZoneInfo) -> OnceRule:
         raise invalid(f"once {quote(expr)} is not an ISO 8601 date-time; {hint}") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=tz)  # fold=0: same DST rule as cron and rrule
-    return OnceRule(parsed.astimezone(UTC))
+    try:
+        instant = parsed.astimezone(UTC)
+    except OverflowError:
+        instant = LATEST
+    if instant >= LATEST:
+        raise invalid(f"once {quote(expr)} is too far in the future; the latest instant pao schedules is 9998-12-31")
+    return OnceRule(instant)
 
 
 _EVENT_PATTERN = re.compile(r"[A-Za-z0-9_.:*>-]+", re.ASCII)

@@ -29,16 +29,18 @@ one module per concept; each imports only modules listed before it: ``errors``,
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Final
+from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 from pao_orchestrator.engine.schedule.cron import CronRule
 from pao_orchestrator.engine.schedule.errors import invalid, quote, require_aware
 from pao_orchestrator.engine.schedule.rrules import parse_rrule
 from pao_orchestrator.engine.schedule.rules import (
+    LATEST,
     IntervalRule,
     OnceRule,
     Rule,
@@ -47,11 +49,15 @@ from pao_orchestrator.engine.schedule.rules import (
     parse_once,
 )
 from pao_orchestrator.engine.schedule.timezones import format_local, load_timezone
+from pao_orchestrator.engine.schedule.wallclock import HORIZON_YEARS, BeyondHorizon
 from pao_orchestrator.errors import InvalidArgument
 from pao_orchestrator.vocabulary import TIME_KINDS, ScheduleKind
 
 MAX_PREVIEW: Final = 100
 MAX_EXPR_LEN: Final = 4096
+# How long a preview may search (a rule whose fires are years apart costs milliseconds a fire).
+PREVIEW_BUDGET_SECONDS: Final = 0.5
+_BEYOND: Final[Any] = object()
 
 
 @dataclass(frozen=True, eq=False)
@@ -65,7 +71,7 @@ class Schedule:
     _rule: Rule = field(repr=False)
     # One slot holding the last (after, next) pair: thousands of tasks share a schedule
     # and ask for the same `after`. Replaced whole, so concurrent readers see a pair.
-    _memo: list[tuple[datetime, datetime | None] | None] = field(default_factory=lambda: [None], repr=False)
+    _memo: list[tuple[datetime, Any] | None] = field(default_factory=lambda: [None], repr=False)
 
     @property
     def is_time_based(self) -> bool:
@@ -77,28 +83,53 @@ class Schedule:
         return self._rule.interval if isinstance(self._rule, IntervalRule) else None
 
     def next_after(self, after: datetime) -> datetime | None:
-        """The first fire strictly after `after` (tz-aware UTC), or None when exhausted."""
+        """The first fire strictly after `after` (tz-aware UTC); None when there is none.
+
+        None also when there is no fire within HORIZON_YEARS of `after`: the schedule has ended.
+        """
+        try:
+            return self.search(after)
+        except BeyondHorizon:
+            return None
+
+    def search(self, after: datetime) -> datetime | None:
+        """`next_after`, raising BeyondHorizon when the search gave up at the horizon rather than
+        finding the schedule exhausted (so a caller can say which)."""
         require_aware(after, "after")
         last = self._memo[0]
         if last is not None and last[0] == after:
-            return last[1]
+            if last[1] is _BEYOND:
+                raise BeyondHorizon
+            memo: datetime | None = last[1]
+            return memo
         try:
-            result = self._rule.next_after(after)
+            result: datetime | None = self._rule.next_after(after)
         except OverflowError:  # near datetime.max
             result = None
+        except BeyondHorizon:
+            self._memo[0] = (after, _BEYOND)
+            raise
+        if result is not None and result >= LATEST:
+            result = None  # Postgres and asyncpg read datetime.max as 'infinity'; nothing is scheduled there
         self._memo[0] = (after, result)
         return result
 
-    def upcoming(self, after: datetime, count: int) -> list[datetime]:
-        """Up to `count` successive fires strictly after `after` (fewer when exhausted)."""
+    def upcoming(self, after: datetime, count: int, *, budget: float | None = None) -> list[datetime]:
+        """Up to `count` successive fires strictly after `after` (fewer when exhausted).
+
+        With `budget` (seconds), stop listing once the searches have taken that long.
+        """
         fires: list[datetime] = []
         cursor = after
+        deadline = None if budget is None else time.monotonic() + budget
         for _ in range(max(count, 0)):
             fire = self.next_after(cursor)
             if fire is None:
                 break
             fires.append(fire)
             cursor = fire
+            if deadline is not None and time.monotonic() > deadline:
+                break
         return fires
 
 
@@ -147,9 +178,14 @@ def validate_schedule(kind: str, expr: str, timezone: str, *, now: datetime, anc
     """parse_schedule, plus: a time-based schedule must fire at least once strictly after `now`."""
     require_aware(now, "now")
     schedule = parse_schedule(kind, expr, timezone, anchor=anchor)
-    if schedule.kind not in TIME_KINDS or schedule.next_after(now) is not None:
+    if schedule.kind not in TIME_KINDS:
         return schedule
     now_local = format_local(now, schedule.tz)
+    try:
+        if schedule.search(now) is not None:
+            return schedule
+    except BeyondHorizon:
+        raise invalid(_beyond_message(schedule, now_local)) from None
     if isinstance(schedule._rule, OnceRule):
         when = format_local(schedule._rule.instant, schedule.tz)
         raise invalid(
@@ -188,4 +224,18 @@ def preview(
             "e.g. '2026-03-29T08:00:00+03:00' or '2026-03-29T05:00:00Z'",
         )
     schedule = parse_schedule(kind, expr, timezone, anchor=anchor if anchor is not None else now)
-    return schedule.upcoming(after, count)
+    try:
+        first = schedule.search(after)
+    except BeyondHorizon:
+        raise invalid(_beyond_message(schedule, format_local(after, schedule.tz))) from None
+    if first is None:
+        return []
+    return [first, *schedule.upcoming(first, count - 1, budget=PREVIEW_BUDGET_SECONDS)]
+
+
+def _beyond_message(schedule: Schedule, start: str) -> str:
+    return (
+        f"{schedule.kind} {quote(schedule.expr)} has no fire within {HORIZON_YEARS} years after {start}; "
+        f"pao looks {HORIZON_YEARS} years ahead and no further. Check that its parts can all match at once "
+        "(an INTERVAL of whole weeks keeps the weekday of DTSTART, so BYDAY must include it)"
+    )

@@ -16,6 +16,19 @@ from pao_orchestrator.engine.schedule.rules import Rule
 # times without a fire, the schedule is treated as having no further fire.
 ITERATION_CAP: Final = 10_000
 
+# How far ahead a search for the next fire looks. A cron or rrule with no fire within this
+# many years of the instant searched from has no further fire, as far as pao is concerned: a
+# rule that never matches (FREQ=MINUTELY;INTERVAL=10080;BYDAY=TU from a Monday) is refused when
+# it is saved or previewed instead of being searched up to the year 9999, and a search costs at
+# most this many years of the rule's periods (milliseconds), never seconds of the event loop.
+# 29 February has gaps of up to 8 years (2096 -> 2104), so it fits.
+HORIZON_YEARS: Final = 10
+
+
+class BeyondHorizon(Exception):
+    """A search for the next fire gave up at the horizon (HORIZON_YEARS) without finding one."""
+
+
 # How far back to look for a DST gap that could make a wall time before `after`'s own
 # wall time fire after `after` (covers every real-world offset jump, including a
 # skipped day).
@@ -59,7 +72,10 @@ class WallRule(Rule):
     tz: ZoneInfo
 
     def next_wall(self, wall: datetime) -> datetime | None:
-        """The first matching naive wall time strictly after `wall`, or None."""
+        """The first matching naive wall time strictly after `wall`; None when the rule is exhausted.
+
+        Raises BeyondHorizon when there is none within HORIZON_YEARS of `wall`.
+        """
         raise NotImplementedError
 
     def next_after(self, after: datetime) -> datetime | None:
@@ -85,7 +101,10 @@ class WallRule(Rule):
                 probe: datetime | None = max(wall, after.astimezone(UTC).replace(tzinfo=None) + offset)
                 for _ in range(ITERATION_CAP):
                     assert probe is not None
-                    probe = self.next_wall(probe)
+                    try:
+                        probe = self.next_wall(probe)
+                    except BeyondHorizon:
+                        break
                     if probe is None or probe >= real_wall:
                         break
                     candidate = wall_to_utc(probe, tz)

@@ -12,19 +12,26 @@ from pao_orchestrator.engine.templating.checks import (
     references,
 )
 from pao_orchestrator.engine.templating.errors import TemplateError
-from pao_orchestrator.engine.templating.rendering import build_context, is_templated, render
-from pao_orchestrator.engine.templating.secrets import REDACTED, Secrets, redact
+from pao_orchestrator.engine.templating.rendering import build_context, is_templated, needs_isolation, render
+from pao_orchestrator.engine.templating.sandbox import MAX_OUTPUT, MAX_TEMPLATE_LENGTH, SIMPLE_FILTERS
+from pao_orchestrator.engine.templating.secrets import REDACTED, Secrets, redact, seal, unseal
 
 __all__ = [
     "ALLOWED_ROOTS",
+    "MAX_OUTPUT",
+    "MAX_TEMPLATE_LENGTH",
     "REDACTED",
+    "SIMPLE_FILTERS",
     "Secrets",
     "TemplateError",
     "build_context",
     "check_pipeline_templates",
     "check_template",
     "is_templated",
+    "needs_isolation",
     "redact",
     "references",
     "render",
+    "seal",
+    "unseal",
 ]

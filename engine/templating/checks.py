@@ -15,7 +15,7 @@ from typing import Any, Final
 from jinja2.exceptions import TemplateSyntaxError
 
 from pao_orchestrator.engine.templating.errors import TemplateError, join_path, kind_of, list_names, quote
-from pao_orchestrator.engine.templating.sandbox import Path, compile_template, syntax_message, unescape
+from pao_orchestrator.engine.templating.sandbox import SIMPLE_FILTERS, Path, parse_template, syntax_message, unescape
 from pao_orchestrator.errors import InvalidArgument
 
 ALLOWED_ROOTS: Final = frozenset({"steps", "trigger", "task", "run", "secrets", "now", "event"})
@@ -37,7 +37,7 @@ def references(value: Any) -> set[Path]:
         if "${" not in leaf:
             continue
         try:
-            compiled = compile_template(unescape(leaf))
+            compiled = parse_template(unescape(leaf))
         except TemplateSyntaxError as exc:
             raise TemplateError(f"{quote(leaf)}: syntax error: {syntax_message(exc)}") from None
         found.update(compiled.chains)
@@ -52,15 +52,31 @@ class _Scope:
     own_name: str | None = None
     later_steps: Mapping[str, int] = dataclass_field(default_factory=dict)
     later_names: Mapping[str, int] = dataclass_field(default_factory=dict)
+    simple_only: bool = False
+    # Names templates can never read here, with why (e.g. 'event' on a clock-driven task).
+    absent: Mapping[str, str] = dataclass_field(default_factory=dict)
 
 
-def check_template(value: Any, field: str, allowed_roots: Iterable[str], known_steps: Iterable[str] = ()) -> None:
+def check_template(
+    value: Any,
+    field: str,
+    allowed_roots: Iterable[str],
+    known_steps: Iterable[str] = (),
+    *,
+    simple_only: bool = False,
+    absent: Mapping[str, str] | None = None,
+) -> None:
     """Check every template inside `value` before it is saved; InvalidArgument naming `field` if one is wrong.
 
     Templates must parse, may read only `allowed_roots`, and `steps.<id>` only
-    for ids in `known_steps`.
+    for ids in `known_steps`. With `simple_only`, they must also be simple (value
+    lookups, cheap filters, tests and conditions; see `sandbox.Parsed.simple`), as
+    keys must be: they are rendered while runs are created. `absent` maps names that
+    exist in general but never in this context to the reason, for the message.
     """
-    _check_value(value, field, _Scope(frozenset(allowed_roots), tuple(known_steps)))
+    _check_value(
+        value, field, _Scope(frozenset(allowed_roots), tuple(known_steps), simple_only=simple_only, absent=absent or {})
+    )
 
 
 def check_pipeline_templates(
@@ -123,11 +139,17 @@ def _check_value(value: Any, field: str, scope: _Scope) -> None:
 
 def _check_source(source: str, scope: _Scope) -> str | None:
     try:
-        compiled = compile_template(unescape(source))
+        compiled = parse_template(unescape(source))
     except TemplateSyntaxError as exc:
         return f"syntax error: {syntax_message(exc)}"
     if compiled.includes:
         return "include, import and extends are not available in pipeline templates"
+    if scope.simple_only and not compiled.simple:
+        return (
+            "a key may only read values, with filters such as lower, trim or default, tests and "
+            f"if/else (filters: {', '.join(sorted(SIMPLE_FILTERS))}); loops, calls, assignments and "
+            "operators that build values are for pipeline steps"
+        )
     checked: set[str] = set()
     for chain in compiled.chains:
         root = str(chain[0])
@@ -147,6 +169,8 @@ def _check_source(source: str, scope: _Scope) -> str | None:
 
 
 def _unknown_root(root: str, scope: _Scope) -> str:
+    if root in scope.absent:
+        return f"{root!r} {scope.absent[root]}; available: {list_names(sorted(scope.roots))}"
     note = ""
     if root == scope.own_name:
         note = f"; {root!r} is this step's own save_as, and a step cannot read its own output"

@@ -78,9 +78,13 @@ from pao_orchestrator.engine.templating.sandbox import (
     Compiled,
     Path,
     compile_template,
+    output_limit,
+    parse_template,
+    reset_output_limit,
     syntax_message,
     to_json_value,
     unescape,
+    with_output_limit,
 )
 from pao_orchestrator.engine.templating.secrets import Secrets
 
@@ -98,17 +102,49 @@ def is_templated(value: Any) -> bool:
     return False
 
 
-def render(value: Any, context: Mapping[str, Any], *, field: str = "") -> Any:
+def needs_isolation(value: Any) -> bool:
+    """Whether rendering `value` could cost more than reading what it reads.
+
+    False when every template in it is simple (value lookups, cheap filters, tests and conditions:
+    see `Parsed.simple`), so it renders in-process in time linear in what it reads; True when one
+    could loop, call, build large values or fail to parse: render it in an isolated process with a
+    deadline and a memory limit.
+    """
+    if isinstance(value, str):
+        if "${" not in value:
+            return False
+        try:
+            return not parse_template(unescape(value)).simple
+        except TemplateSyntaxError:
+            return True
+    if isinstance(value, Mapping):
+        return any(needs_isolation(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(needs_isolation(v) for v in value)
+    return False
+
+
+def render(value: Any, context: Mapping[str, Any], *, field: str = "", limit: int | None = None) -> Any:
     """Render every string leaf of `value` against `context` (see the module docstring).
 
-    `field` (e.g. "with") prefixes error messages with the path of the failing leaf.
+    `field` (e.g. "with") prefixes error messages with the path of the failing leaf. `limit` bounds
+    what each template produces (characters of text, or of a value's JSON; default MAX_OUTPUT).
     """
+    token = with_output_limit(limit) if limit is not None else None
+    try:
+        return _render(value, context, field)
+    finally:
+        if token is not None:
+            reset_output_limit(token)
+
+
+def _render(value: Any, context: Mapping[str, Any], field: str) -> Any:
     if isinstance(value, str):
         return _render_str(value, context, field)
     if isinstance(value, Mapping):
-        return {k: render(v, context, field=join_path(field, k)) for k, v in value.items()}
+        return {k: _render(v, context, join_path(field, k)) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [render(v, context, field=f"{field}[{i}]") for i, v in enumerate(value)]
+        return [_render(v, context, f"{field}[{i}]") for i, v in enumerate(value)]
     return value
 
 
@@ -118,12 +154,23 @@ def _render_str(source: str, context: Mapping[str, Any], field: str) -> Any:
     compiled: Compiled | None = None
     try:
         compiled = compile_template(unescape(source))
+        ctx = compiled.template.new_context(dict(context))
         if compiled.exact:
-            ctx = compiled.template.new_context(dict(context))
             for _ in compiled.template.root_render_func(ctx):
                 pass
             return to_json_value(ctx.vars["result"])
-        return compiled.template.render(context)
+        # Chunk by chunk, so text that grows past the bound stops there instead of filling memory.
+        limit = output_limit()
+        size = 0
+        chunks: list[str] = []
+        for chunk in compiled.template.root_render_func(ctx):
+            size += len(chunk)
+            if size > limit:
+                raise ValueProblem(f"the text is longer than {limit:,} characters")
+            chunks.append(chunk)
+        return "".join(chunks)
+    except MemoryError:
+        raise  # the isolated render process reports it (and is replaced)
     except Exception as exc:
         message = f"{quote(source)}: {_runtime_message(exc, compiled, context)}"
     if field:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Iterator, Mapping
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from datetime import date, datetime
 from datetime import time as dtime
@@ -27,6 +28,24 @@ _ESCAPE: Final = "$${"
 _ESCAPED: Final = "${'${'}"
 _MAX_SEQUENCE: Final = 1_000_000
 _MAX_POWER_BITS: Final = 65_536
+
+MAX_OUTPUT: Final = 1_048_576
+"""Default bound on what one render produces: characters of text, or of the JSON of a value."""
+MAX_TEMPLATE_LENGTH: Final = 16_384
+"""The longest template (a string holding `${`): parsing and compiling cost grows with it."""
+# The most value references (names, outputs) a template may hold and still render in-process.
+_SIMPLE_MAX_NODES: Final = 64
+# Filters that cost time linear in their input and never return more than it: a template made of
+# value lookups, these filters, tests and conditions renders in-process (see `Parsed.simple`).
+SIMPLE_FILTERS: Final = frozenset(
+    {
+        "abs", "capitalize", "count", "d", "default", "first", "float", "fromjson", "int", "last",
+        "length", "lower", "max", "min", "reverse", "round", "sort", "string", "sum", "title",
+        "tojson", "trim", "truncate", "unique", "upper", "wordcount",
+    }
+)  # fmt: skip
+# The bound of the render in progress (to_json_value and text output check against it).
+_limit: ContextVar[int] = ContextVar("pao_template_output_limit", default=MAX_OUTPUT)
 
 Path = tuple[str | int, ...]
 
@@ -198,35 +217,104 @@ _env: Final = _make_environment()
 
 
 @dataclass(frozen=True)
-class Compiled:
-    template: jinja2.Template
+class Parsed:
+    """What a template is, learnt from its syntax tree without compiling it."""
+
     exact: bool  # the whole string is one `${ expr }`: evaluate and keep the type
     chains: tuple[Path, ...]  # name.field[...] paths the template reads, in source order
     undeclared: frozenset[str]  # top-level names it reads
     includes: bool  # uses include/import/extends
+    # It only reads values (names, fields, constant subscripts) through the SIMPLE_FILTERS, tests,
+    # comparisons and conditions: no loop, no call, no assignment, no operator that builds a value
+    # larger than its input. Its cost is linear in what it reads, so it may render in-process;
+    # anything else renders in an isolated process with a deadline and a memory limit.
+    simple: bool
+
+
+@dataclass(frozen=True)
+class Compiled:
+    template: jinja2.Template
+    parsed: Parsed
+
+    @property
+    def exact(self) -> bool:
+        return self.parsed.exact
+
+    @property
+    def chains(self) -> tuple[Path, ...]:
+        return self.parsed.chains
 
 
 def unescape(source: str) -> str:
     return source.replace(_ESCAPE, _ESCAPED)
 
 
+def _parse(source: str) -> nodes.Template:
+    if len(source) > MAX_TEMPLATE_LENGTH:
+        raise TemplateSyntaxError(
+            f"the template is {len(source):,} characters long; at most {MAX_TEMPLATE_LENGTH:,} "
+            "(build long text in an earlier step, or split it)",
+            lineno=1,
+        )
+    try:
+        return _env.parse(source)
+    except RecursionError:
+        raise TemplateSyntaxError("the template nests too deeply", lineno=1) from None
+
+
+@functools.lru_cache(maxsize=4096)
+def parse_template(source: str) -> Parsed:
+    """Parse a (pre-escaped) template once and describe it; raises TemplateSyntaxError."""
+    ast = _parse(source)
+    _check_names(ast)
+    undeclared = _undeclared(ast)
+    includes = any(True for _ in meta.find_referenced_templates(ast))
+    chains = tuple(c for c in _chains(ast) if c[0] in undeclared)
+    return Parsed(_single_expression(ast) is not None, chains, frozenset(undeclared), includes, _is_simple(ast))
+
+
 @functools.lru_cache(maxsize=4096)
 def compile_template(source: str) -> Compiled:
     """Compile a (pre-escaped) template once; raises TemplateSyntaxError."""
-    ast = _env.parse(source)
-    chains = tuple(_chains(ast))
-    undeclared = set(meta.find_undeclared_variables(ast))
-    if any(n.name == "self" and n.ctx == "load" for n in ast.find_all(nodes.Name)):
-        undeclared.add("self")  # Jinja's TemplateReference: not data, so treat it as an unknown name
-    includes = any(True for _ in meta.find_referenced_templates(ast))
-    expression = _single_expression(_env.parse(source))
-    if expression is not None:
-        assign = nodes.Assign(nodes.Name("result", "store"), expression, lineno=1)
-        template = _env.from_string(nodes.Template([assign], lineno=1))
-    else:
-        template = _env.from_string(source)
-    chains = tuple(c for c in chains if c[0] in undeclared)
-    return Compiled(template, expression is not None, chains, frozenset(undeclared), includes)
+    parsed = parse_template(source)
+    expression = _single_expression(_parse(source))
+    try:
+        if expression is not None:
+            assign = nodes.Assign(nodes.Name("result", "store"), expression, lineno=1)
+            template = _env.from_string(nodes.Template([assign], lineno=1))
+        else:
+            template = _env.from_string(source)
+    except RecursionError:
+        raise TemplateSyntaxError("the template nests too deeply", lineno=1) from None
+    return Compiled(template, parsed)
+
+
+def _check_names(ast: nodes.Template) -> None:
+    """Unknown filters and tests, as Jinja's compiler would report them (without compiling)."""
+    for node in ast.find_all((nodes.Filter, nodes.Test)):
+        known = _env.filters if isinstance(node, nodes.Filter) else _env.tests
+        if node.name not in known:
+            kind = "filter" if isinstance(node, nodes.Filter) else "test"
+            raise TemplateSyntaxError(f"No {kind} named {node.name!r}.", node.lineno)
+
+
+def _undeclared(ast: nodes.Template) -> set[str]:
+    """Top-level names a template reads: loaded and never bound in it (by set, for, macro, with).
+
+    Not `jinja2.meta.find_undeclared_variables`: it runs Jinja's code generator, which evaluates
+    constant expressions, so `${ 'a' | center(10**10) }` would build its string right here, in the
+    process checking or classifying the template.
+    """
+    loaded: set[str] = set()
+    bound: set[str] = set()
+    for name in ast.find_all(nodes.Name):
+        (loaded if name.ctx == "load" else bound).add(name.name)
+    if any(True for _ in ast.find_all(nodes.For)):
+        bound.add("loop")
+    if any(True for _ in ast.find_all((nodes.Macro, nodes.CallBlock))):
+        bound.update({"caller", "varargs", "kwargs"})
+    # `self` is Jinja's TemplateReference: not data, so it stays an unknown name.
+    return loaded - bound
 
 
 def _single_expression(ast: nodes.Template) -> nodes.Expr | None:
@@ -235,6 +323,46 @@ def _single_expression(ast: nodes.Template) -> nodes.Expr | None:
         if len(parts) == 1 and not isinstance(parts[0], nodes.TemplateData):
             return parts[0]
     return None
+
+
+_SIMPLE_NODES: Final = (
+    nodes.Template,
+    nodes.Output,
+    nodes.TemplateData,
+    nodes.If,
+    nodes.Name,
+    nodes.Getattr,
+    nodes.Getitem,
+    nodes.Slice,
+    nodes.Const,
+    nodes.Filter,
+    nodes.Test,
+    nodes.CondExpr,
+    nodes.And,
+    nodes.Or,
+    nodes.Not,
+    nodes.Neg,
+    nodes.Pos,
+    nodes.Compare,
+    nodes.Operand,
+    nodes.Keyword,
+)
+
+
+def _is_simple(ast: nodes.Template) -> bool:
+    count = 0
+    for node in ast.find_all(nodes.Node):
+        if not isinstance(node, _SIMPLE_NODES):
+            return False
+        if isinstance(node, nodes.Filter) and node.name not in SIMPLE_FILTERS:
+            return False
+        if isinstance(node, nodes.Name) and node.ctx != "load":
+            return False
+        if isinstance(node, nodes.Getitem) and not isinstance(node.arg, (nodes.Const, nodes.Slice)):
+            return False
+        if isinstance(node, (nodes.Name, nodes.Output)):
+            count += 1
+    return count <= _SIMPLE_MAX_NODES
 
 
 def _chains(node: nodes.Node) -> Iterator[Path]:
@@ -268,19 +396,63 @@ def _chains(node: nodes.Node) -> Iterator[Path]:
 # --------------------------------------------------------------------------- JSON values
 
 
-def to_json_value(value: Any) -> Any:
-    """Check (and copy) a result so only JSON values leave the sandbox."""
-    if value is None or isinstance(value, (str, bool, int, float)):
+class _Budget:
+    """Characters a result may still take as JSON (approximately: strings by length, others by a few)."""
+
+    __slots__ = ("left", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.left = limit
+
+    def spend(self, size: int) -> None:
+        self.left -= size
+        if self.left < 0:
+            raise ValueProblem(f"the result is larger than {self.limit:,} characters of JSON")
+
+
+def output_limit() -> int:
+    """The bound of the render in progress (MAX_OUTPUT unless the caller set another)."""
+    return _limit.get()
+
+
+def with_output_limit(limit: int) -> Token[int]:
+    return _limit.set(limit)
+
+
+def reset_output_limit(token: Token[int]) -> None:
+    _limit.reset(token)
+
+
+def to_json_value(value: Any, budget: _Budget | None = None) -> Any:
+    """Check (and copy) a result so only JSON values leave the sandbox, within the output bound."""
+    if budget is None:
+        budget = _Budget(_limit.get())
+    if isinstance(value, str):
+        budget.spend(len(value) + 2)
+        return value
+    if value is None or isinstance(value, (bool, int, float)):
+        budget.spend(8)
         return value
     if isinstance(value, Undefined):
         value._fail_with_undefined_error()
     if isinstance(value, Secrets):
         raise ValueProblem("read a secret by name, e.g. ${secrets.TOKEN}")
     if isinstance(value, Mapping):
-        return {_json_key(k): to_json_value(v) for k, v in value.items()}
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            key = _json_key(k)
+            budget.spend(len(key) + 4)
+            out[key] = to_json_value(v, budget)
+        return out
     if isinstance(value, (list, tuple, set, frozenset, Iterator)):
-        return [to_json_value(v) for v in value]
+        items = []
+        for v in value:
+            budget.spend(1)
+            items.append(to_json_value(v, budget))
+        return items
     if isinstance(value, (datetime, date, dtime)):
+        budget.spend(34)
         return value.isoformat()
     raise ValueProblem(
         f"the result is a {type(value).__name__}, not a JSON value "

@@ -1,10 +1,12 @@
-"""Template secrets: `${secrets.NAME}` reads `PAO_SECRET_NAME`, and `redact` hides what was read."""
+"""Template secrets: `${secrets.NAME}` reads `PAO_SECRET_NAME`, `redact` hides what was read, and
+`seal`/`unseal` let a resumed run give later steps the real values without storing them."""
 
 from __future__ import annotations
 
 import copy
+import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 from pao_orchestrator.contracts import SECRET_ENV_PREFIX as SECRET_PREFIX
@@ -46,6 +48,16 @@ class Secrets:
         value = self._values[name]
         self._used[name] = value
         return value
+
+    def peek(self, name: str) -> str:
+        """The secret's value without recording it as used: for handing to an isolated render, which
+        reports back what it used."""
+        return self._values[name]
+
+    def mark_used(self, name: str) -> None:
+        """Record a secret as used by a render that ran elsewhere."""
+        if name in self._values:
+            self._used[name] = self._values[name]
 
     def missing_message(self, name: Any) -> str:
         message = f"secret {name!r} is not set: export {SECRET_PREFIX}{name} in the orchestrator's environment"
@@ -94,3 +106,50 @@ def _redact(value: Any, pattern: re.Pattern[str] | None) -> Any:
     if value is None or isinstance(value, (bool, int, float)):
         return value
     return copy.deepcopy(value)
+
+
+# A sealed value marks each secret as <open><nonce>:<NAME><close>. The nonce is drawn per sealed
+# value, so text that happens to contain these private-use characters is never mistaken for a mark.
+_OPEN: Final = "\ue000"
+_CLOSE: Final = "\ue001"
+
+
+def seal(value: Any, used: Mapping[str, str]) -> dict[str, Any] | None:
+    """`value` with every secret in `used` (name -> value, 4+ characters) replaced by a mark naming it.
+
+    None when no such secret occurs in `value` (it can be stored and reused as it is). The result
+    holds names, never values: `unseal` puts the values back.
+    """
+    wanted = {v: k for k, v in used.items() if isinstance(v, str) and len(v) >= MIN_REDACT_LENGTH}
+    if not wanted:
+        return None
+    pattern = re.compile("|".join(re.escape(s) for s in sorted(wanted, key=len, reverse=True)))
+    nonce = os.urandom(4).hex()
+    found = False
+
+    def mark(match: re.Match[str]) -> str:
+        nonlocal found
+        found = True
+        return f"{_OPEN}{nonce}:{wanted[match.group(0)]}{_CLOSE}"
+
+    sealed = _map_strings(value, lambda text: pattern.sub(mark, text))
+    return {"nonce": nonce, "value": sealed} if found else None
+
+
+def unseal(sealed: Mapping[str, Any], secrets: Secrets) -> Any:
+    """The value `seal` sealed, with each secret read again from `secrets` (and so recorded as used).
+
+    A secret that is no longer set raises TemplateError (a step must never receive a stand-in).
+    """
+    pattern = re.compile(f"{_OPEN}{re.escape(str(sealed['nonce']))}:([^{_CLOSE}]*){_CLOSE}")
+    return _map_strings(sealed["value"], lambda text: pattern.sub(lambda m: secrets.get(m.group(1)), text))
+
+
+def _map_strings(value: Any, change: Callable[[str], str]) -> Any:
+    if isinstance(value, str):
+        return change(value)
+    if isinstance(value, Mapping):
+        return {_map_strings(k, change): _map_strings(v, change) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_map_strings(v, change) for v in value]
+    return value

@@ -218,3 +218,48 @@ def test_a_signal_stops_the_server_while_the_client_keeps_stdin_open(
     assert rc == 0, stderr
     assert took < 10, f"took {took:.1f}s to stop"
     assert "Traceback" not in stderr, stderr
+
+
+async def test_nan_and_infinity_sent_as_json_tokens_are_refused_by_path_not_stored_as_null(
+    database_url: str, mcp_config: Path, tmp_path: Path
+) -> None:
+    """An agent whose JSON encoder writes NaN and 1e999 (Python's json does) reaches the tool with them."""
+    params = server_params(database_url, mcp_config, tmp_path)
+    process = await anyio.open_process([params.command, *params.args], env=params.env, cwd=params.cwd)
+    assert process.stdin is not None and process.stdout is not None
+    buffered = b""
+
+    async def send(message: str) -> None:
+        assert process.stdin is not None
+        await process.stdin.send(message.encode() + b"\n")
+
+    async def answer(request_id: int) -> dict[str, Any]:
+        nonlocal buffered
+        assert process.stdout is not None
+        while True:
+            while b"\n" in buffered:
+                line, buffered = buffered.split(b"\n", 1)
+                message = json.loads(line)
+                if message.get("id") == request_id:
+                    return dict(message)
+            buffered += await process.stdout.receive()
+
+    try:
+        with anyio.fail_after(90):
+            await send(json.dumps(INITIALIZE))
+            await answer(1)
+            await send('{"jsonrpc": "2.0", "method": "notifications/initialized"}')
+            for request_id, token, path, shown in ((2, "NaN", "with.v", "NaN"), (3, "1e999", "with.w[0]", "Infinity")):
+                step = {"id": "a", "uses": "pao.noop", "with": {"v": "TOKEN"} if path == "with.v" else {"w": ["TOKEN"]}}
+                arguments = {"title": "t", "schedule_kind": "cron", "schedule_expr": "30 8 * * *"}
+                call_task = {"name": "create_task", "arguments": {**arguments, "payload": {"pipeline": [step]}}}
+                request = {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": call_task}
+                await send(json.dumps(request).replace('"TOKEN"', token))
+                result = (await answer(request_id))["result"]
+                assert result["isError"] is True, result
+                assert f"payload.pipeline[0].{path}: is {shown}" in result["content"][0]["text"], result
+            await send('{"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "list_tasks"}}')
+            listed = (await answer(4))["result"]
+            assert listed["structuredContent"]["tasks"] == []
+    finally:
+        await process.aclose()

@@ -197,3 +197,69 @@ async def restart_under_load(pg: EmbeddedPostgres, fx_config: Path, tmp_path: Pa
     assert {r.status for r in runs} == {"succeeded"}, [
         (r.id, r.status, r.error) for r in runs if r.status != "succeeded"
     ]
+
+
+async def test_a_worker_stopped_past_its_lease_makes_no_call_and_no_write_when_it_continues(
+    database_url: str, fx_config: Path, tmp_path: Path, workers: list[subprocess.Popen[bytes]]
+) -> None:
+    counter = tmp_path / "calls"
+    async with engine_on(database_url, fx_config, tmp_path, run_worker=False) as engine:
+        task_id = await create(
+            engine,
+            [
+                {"id": "wait", "uses": "fx.sleep", "with": {"seconds": 2}},
+                {"id": "count", "uses": "fx.count", "with": {"path": str(counter)}},
+            ],
+            max_retries=3,
+        )
+        workers.append(start_worker(database_url, fx_config, tmp_path, "stale"))
+        run_id = (await engine.run_now(engine.owner, task_id)).id
+        async with asyncio.timeout(30):
+            while not any(s.step_id == "wait" and s.status == "running" for s in (await engine.get_run(run_id)).steps):
+                await asyncio.sleep(0.05)
+        workers[0].send_signal(signal.SIGSTOP)  # frozen mid-step, past its lease
+        try:
+            workers.append(start_worker(database_url, fx_config, tmp_path, "live"))
+            run = await wait_run(engine, run_id, timeout=60)
+            assert run.status == "succeeded", run.error
+            assert calls(counter) == 1
+            async with engine.db.acquire() as conn:
+                before = [dict(r) for r in await conn.fetch("SELECT * FROM run_steps ORDER BY id")]
+        finally:
+            workers[0].send_signal(signal.SIGCONT)
+        # The stale worker wakes up, its 'wait' call answers, and it finds it no longer holds the run.
+        async with asyncio.timeout(30):
+            while "lease lost" not in (tmp_path / "stale.log").read_text():
+                await asyncio.sleep(0.05)
+        async with engine.db.acquire() as conn:
+            after = [dict(r) for r in await conn.fetch("SELECT * FROM run_steps ORDER BY id")]
+            final = await engine.get_run(run_id)
+    assert calls(counter) == 1  # the downstream side effect happened once
+    assert after == before  # and no row was rewritten after the run had finished
+    assert (final.status, final.finished_at) == (run.status, run.finished_at)
+
+
+async def test_the_steps_a_killed_worker_left_running_are_closed_as_abandoned(
+    database_url: str, fx_config: Path, tmp_path: Path, workers: list[subprocess.Popen[bytes]]
+) -> None:
+    async with engine_on(database_url, fx_config, tmp_path, run_worker=False) as engine:
+        task_id = await create(engine, [{"id": "wait", "uses": "fx.sleep", "with": {"seconds": 2}}], max_retries=3)
+        workers.append(start_worker(database_url, fx_config, tmp_path, "w1"))
+        run_id = (await engine.run_now(engine.owner, task_id)).id
+        async with asyncio.timeout(30):
+            while not any(s.status == "running" for s in (await engine.get_run(run_id)).steps):
+                await asyncio.sleep(0.05)
+        async with engine.db.acquire() as conn:
+            owner = await conn.fetchval("SELECT lease_owner FROM runs WHERE id = $1", run_id)
+        workers[0].send_signal(signal.SIGKILL)
+        workers[0].wait(timeout=10)
+        workers.append(start_worker(database_url, fx_config, tmp_path, "w2"))
+        run = await wait_run(engine, run_id, timeout=60)
+    assert run.status == "succeeded" and run.attempt == 2
+    assert [(s.attempt, s.status) for s in run.steps] == [(1, "abandoned"), (2, "succeeded")]
+    dead = run.steps[0]
+    assert dead.finished_at is not None
+    assert dead.error == (
+        f"worker {owner} stopped heartbeating (its lease expired) while this step ran; "
+        "the run was re-queued as attempt 2"
+    )

@@ -87,3 +87,44 @@ async def test_bad_arguments_name_the_field_and_how_to_fix_it(
         assert "does not exist" in text and "list_tasks" in text
         listed = await client.call_tool("list_tasks", {})
     assert listed.structured_content == {"tasks": [], "next_cursor": None}
+
+
+async def test_arguments_are_strict_and_text_postgres_cannot_hold_is_refused_by_path(
+    database_url: str, mcp_config: Path, tmp_path: Path
+) -> None:
+    base = {
+        "title": "t",
+        "schedule_kind": "cron",
+        "schedule_expr": "30 8 * * *",
+        "payload": {"pipeline": [{"id": "a", "uses": "pao.noop", "with": {}}]},
+    }
+
+    def payload(value: object) -> dict[str, object]:
+        return {"pipeline": [{"id": "a", "uses": "pao.noop", "with": {"v": value}}]}
+
+    async with (
+        engine_on(database_url, mcp_config, tmp_path, run_worker=False) as engine,
+        Client(create_server(engine)) as client,
+    ):
+        for bad in ("5", True, 5.0):
+            text = await error_text(client, "create_task", {**base, "priority": bad})
+            assert "priority" in text and "integer" in text, text
+        text = await error_text(client, "create_task", {**base, "title": "a\x00b"})
+        assert "title: contains a NUL character" in text, text
+        text = await error_text(client, "create_task", {**base, "payload": payload("a\x00b")})
+        assert "payload.pipeline[0].with.v: contains a NUL character" in text, text
+        text = await error_text(client, "list_tasks", {"limit": "5"})
+        assert "limit" in text, text
+        text = await error_text(
+            client,
+            "preview_schedule",
+            {
+                "schedule_kind": "rrule",
+                "schedule_expr": "FREQ=MINUTELY;INTERVAL=10080;BYDAY=TU",  # weekly, from a Monday
+                "timezone": "UTC",
+                "after": "2026-03-02T00:00:00Z",
+            },
+        )
+        assert "has no fire within 10 years" in text, text
+        listed = await client.call_tool("list_tasks", {})
+    assert listed.structured_content == {"tasks": [], "next_cursor": None}

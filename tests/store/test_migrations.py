@@ -13,6 +13,7 @@ from pao_orchestrator.errors import PaoError
 from pao_orchestrator.store import migrate
 from pao_orchestrator.store.migrator import discover
 from pao_orchestrator.store.queries import names, sql
+from pao_orchestrator.vocabulary import RunStatus, StepStatus
 from tests.conftest import with_database
 
 FIXED_TABLES = {"agents", "tasks", "runs", "run_steps", "events", "audit_log", "schema_migrations"}
@@ -90,3 +91,16 @@ def test_discover_rejects_gaps_and_stray_names(tmp_path: Path) -> None:
     (tmp_path / "2_bad.sql").write_text("SELECT 1")
     with pytest.raises(PaoError, match=r"NNNN_name\.sql"):
         discover(tmp_path)
+
+
+async def test_the_schema_checks_the_same_step_and_run_vocabulary_the_code_speaks(db: asyncpg.Pool) -> None:
+    async with db.acquire() as conn:
+        checks = {
+            r["conname"]: r["def"]
+            for r in await conn.fetch(
+                "SELECT conname, pg_get_constraintdef(oid) AS def FROM pg_constraint "
+                "WHERE conname IN ('run_steps_status_check', 'runs_status_check')"
+            )
+        }
+    assert all(f"'{status}'" in checks["run_steps_status_check"] for status in StepStatus)
+    assert all(f"'{status}'" in checks["runs_status_check"] for status in RunStatus)

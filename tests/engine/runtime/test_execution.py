@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -235,3 +236,105 @@ async def test_a_long_step_shows_as_running_while_a_quick_one_costs_a_single_wri
     assert run.status == "succeeded"
     assert [(s.step_id, s.status) for s in run.steps] == [("quick", "succeeded"), ("slow", "succeeded")]
     assert run.steps[1].duration_ms is not None and run.steps[1].duration_ms >= 1500
+
+
+def lines(path: Path) -> list[str]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+async def test_a_retry_gives_later_steps_the_real_secret_and_stores_it_nowhere(
+    database_url: str, fx_config: Path, tmp_path: Path
+) -> None:
+    received = tmp_path / "received"
+    secret = "s3cr3t-value-42"
+    async with engine_on(database_url, fx_config, tmp_path, environ={"PAO_SECRET_TOKEN": secret}) as engine:
+        task_id = await create(
+            engine,
+            [
+                {"id": "hdr", "uses": "pao.noop", "with": {"auth": "Bearer ${secrets.TOKEN}"}},
+                {
+                    "id": "send",
+                    "uses": "fx.record",
+                    "with": {"path": str(received), "value": "${steps.hdr.auth}", "fail_times": 1},
+                },
+            ],
+            max_retries=2,
+            backoff_strategy="none",
+        )
+        run = await wait_run(engine, (await engine.run_now(engine.owner, task_id)).id)
+        async with engine.db.acquire() as conn:
+            stored = await conn.fetchval(
+                "SELECT count(*) FROM run_steps WHERE concat(input, output, output_sealed, error) LIKE $1",
+                f"%{secret}%",
+            )
+            runs_stored = await conn.fetchval(
+                "SELECT count(*) FROM runs WHERE concat(outputs, error, reason) LIKE $1", f"%{secret}%"
+            )
+    assert run.status == "succeeded", run.error
+    assert run.attempt == 2
+    # Attempt 2 resumed at 'send' without calling 'hdr' again, and still sent the real header.
+    assert [(s.attempt, s.step_id) for s in run.steps] == [(1, "hdr"), (1, "send"), (2, "send")]
+    assert lines(received) == [f"Bearer {secret}", f"Bearer {secret}"]
+    assert run.steps[0].output == {"auth": "Bearer ***"}
+    assert (stored, runs_stored) == (0, 0)
+
+
+async def test_a_resume_whose_secret_is_gone_fails_instead_of_sending_a_stand_in(
+    database_url: str, fx_config: Path, tmp_path: Path
+) -> None:
+    received = tmp_path / "received"
+    async with engine_on(database_url, fx_config, tmp_path, environ={"PAO_SECRET_TOKEN": "first-value"}) as engine:
+        task_id = await create(
+            engine,
+            [
+                {"id": "hdr", "uses": "pao.noop", "with": {"auth": "Bearer ${secrets.TOKEN}"}},
+                {
+                    "id": "send",
+                    "uses": "fx.record",
+                    "with": {"path": str(received), "value": "${steps.hdr.auth}", "fail_times": 1},
+                },
+            ],
+            max_retries=2,
+            backoff_strategy="fixed",
+            backoff_base_seconds=3600,
+        )
+        run_id = (await engine.run_now(engine.owner, task_id)).id
+        async with asyncio.timeout(30):
+            while (await engine.get_run(run_id)).attempt < 2:
+                await asyncio.sleep(0.05)
+    # The next attempt runs on a worker whose environment no longer has the secret.
+    async with engine_on(database_url, fx_config, tmp_path, environ={}) as engine:
+        async with engine.db.acquire() as conn:
+            await conn.execute("UPDATE runs SET available_at = now() WHERE id = $1", run_id)
+            await conn.execute("SELECT pg_notify('pao_runs', '')")
+        run = await wait_run(engine, run_id)
+    assert run.status == "failed"
+    assert "held a secret that is no longer set" in (run.error or "") and "PAO_SECRET_TOKEN" in (run.error or "")
+    assert lines(received) == ["Bearer first-value"]  # only attempt 1 called it
+
+
+async def test_an_output_over_the_size_limit_fails_its_step_and_is_not_stored(
+    database_url: str, fx_config: Path, tmp_path: Path
+) -> None:
+    async with engine_on(database_url, fx_config, tmp_path, max_value_bytes=100_000) as engine:
+        task_id = await create(
+            engine, [{"id": "big", "uses": "fx.output", "with": {"kind": "big", "size": 200_000}}], max_retries=3
+        )
+        run = await wait_run(engine, (await engine.run_now(engine.owner, task_id)).id)
+    assert (run.status, run.attempt) == ("failed", 1)
+    assert "fx.output returned an output that is larger than 100,000 characters of JSON" in (run.error or "")
+    assert run.steps[0].output is None
+
+
+async def test_rendered_arguments_postgres_cannot_hold_fail_the_step_before_the_call(
+    database_url: str, fx_config: Path, tmp_path: Path
+) -> None:
+    counter = tmp_path / "calls"
+    async with engine_on(database_url, fx_config, tmp_path) as engine:
+        task_id = await create(
+            engine, [{"id": "c", "uses": "fx.count", "with": {"path": str(counter) + "${ '\\u0000' }"}}]
+        )
+        run = await wait_run(engine, (await engine.run_now(engine.owner, task_id)).id)
+    assert run.status == "failed"
+    assert "fx.count: the rendered 'with' contains a NUL character at path" in (run.error or "")
+    assert calls(counter) == 0

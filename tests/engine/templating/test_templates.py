@@ -15,9 +15,12 @@ from pao_orchestrator.engine.templating import (
     build_context,
     check_pipeline_templates,
     check_template,
+    needs_isolation,
     redact,
     references,
     render,
+    seal,
+    unseal,
 )
 from pao_orchestrator.errors import InvalidArgument, StepError
 
@@ -437,3 +440,63 @@ def test_references() -> None:
     }
     with pytest.raises(TemplateError, match="syntax error"):
         references("${ oops")
+
+
+# --------------------------------------------------------------------------- bounds
+
+
+def test_simple_templates_are_told_apart_from_the_ones_that_need_isolation() -> None:
+    simple = [
+        "${steps.weather.summary}",
+        "it is ${weather.summary | lower} at ${ steps.weather.temp_c | round }",
+        "${% if weather.rain %}umbrella${% else %}none${% endif %}",
+        "${ weather.tags[0] | default('x') | upper }",
+        "${ weather.temp_c > 20 and weather.wind < 5 }",
+    ]
+    isolated = [
+        "${% for t in weather.tags %}${t}${% endfor %}",
+        "${% set x = weather.summary %}${x}",
+        "${ weather.summary.ljust(10) }",
+        "${ weather.summary * 3 }",
+        "${ weather.summary ~ weather.summary }",
+        "${ weather.tags | join(',') }",
+        "${ '%s' % weather.summary }",
+        "${ [weather.summary, weather.summary] }",
+        "${ oops(",
+    ]
+    assert [needs_isolation({"v": s}) for s in simple] == [False] * len(simple)
+    assert [needs_isolation({"v": s}) for s in isolated] == [True] * len(isolated)
+    assert needs_isolation({"plain": "no template", "n": 3}) is False
+
+
+def test_a_render_is_bounded_in_what_it_produces() -> None:
+    big = {"text": "x" * 5000}
+    with pytest.raises(TemplateError, match="larger than 1,000 characters of JSON"):
+        render("${steps.big}", make_context(steps={"big": big}), limit=1000)
+    with pytest.raises(TemplateError, match="longer than 1,000 characters"):
+        render("a ${steps.big.text} b", make_context(steps={"big": big}), limit=1000)
+    assert render("${steps.big.text | length}", make_context(steps={"big": big}), limit=1000) == 5000
+
+
+def test_checking_a_template_never_evaluates_it() -> None:
+    # Jinja's code generator folds constants: checking this used to build a 10 GB string.
+    check_template("${ 'a' | center(10**10) }", "x", ALLOWED_ROOTS)
+    with pytest.raises(InvalidArgument, match="No filter named 'nosuch'"):
+        check_template("${ 'a' | nosuch }", "x", ALLOWED_ROOTS)
+    with pytest.raises(InvalidArgument, match="at most 16,384"):
+        check_template("${now}" + "x" * 17_000, "x", ALLOWED_ROOTS)
+    with pytest.raises(InvalidArgument, match="nests too deeply"):
+        check_template("${" + "(" * 2000 + "1" + ")" * 2000 + "}", "x", ALLOWED_ROOTS)
+
+
+def test_sealing_keeps_secret_names_not_values_and_unsealing_reads_them_again() -> None:
+    secrets = Secrets(FAKE_ENV)
+    secrets.get("TOKEN")
+    output = {"auth": "Bearer abc123", "abc123": ["x abc123"], "n": 1}
+    sealed = seal(output, secrets.used())
+    assert sealed is not None and "abc123" not in str(sealed) and "TOKEN" in str(sealed)
+    fresh = Secrets(FAKE_ENV)
+    assert unseal(sealed, fresh) == output and fresh.used() == {"TOKEN": "abc123"}
+    assert seal({"no": "secret here"}, secrets.used()) is None
+    with pytest.raises(TemplateError, match="secret 'TOKEN' is not set"):
+        unseal(sealed, Secrets({}))
