@@ -224,7 +224,12 @@ async def pause_task(db: asyncpg.Pool, caller: Agent, task_id: UUID, *, clock: C
             return TaskChange(task=to_task(row), changed=False, message="already paused")
         next_fire_at = await _withdraw(conn, row, "task paused")
         row = await task_store.set_state(
-            conn, task_id, status=TaskStatus.PAUSED, next_fire_at=next_fire_at, snoozed_until=row.snoozed_until
+            conn,
+            task_id,
+            status=TaskStatus.PAUSED,
+            next_fire_at=next_fire_at,
+            snoozed_until=row.snoozed_until,
+            paused_reason=f"paused by {caller.name} (pause_task)",
         )
         task = await _finish(conn, caller, "pause_task", row, {})
     return TaskChange(task=task, changed=True, message="paused: no fire until resume_task")
@@ -232,7 +237,8 @@ async def pause_task(db: asyncpg.Pool, caller: Agent, task_id: UUID, *, clock: C
 
 async def resume_task(db: asyncpg.Pool, caller: Agent, task_id: UUID, *, clock: Clock) -> TaskChange:
     """Fire again from now: a paused task resumes, a snoozed one wakes early. Fires that fell in the pause
-    are not run (pausing was a decision, not an outage); one skipped run records them."""
+    are not run (pausing was a decision, not an outage); one skipped run records them. The pause's reason
+    is cleared and consecutive failures are counted afresh (see `pause_after_failures`)."""
     now = clock()
     async with db.acquire() as conn, conn.transaction():
         row = await task_store.get(conn, task_id, for_update=True)

@@ -51,6 +51,9 @@ class TaskSpec(BaseModel):
     misfire_policy: MisfirePolicy = MisfirePolicy.RUN_ONCE
     misfire_grace_seconds: StrictInt = Field(default=3600, ge=0, le=31_536_000)
     overlap_policy: OverlapPolicy = OverlapPolicy.SKIP
+    pause_after_failures: StrictInt | None = Field(
+        default=None, ge=1, le=1000, description="Pause the task after this many consecutive failed runs."
+    )
 
     @field_validator("schedule_expr")
     @classmethod
@@ -79,7 +82,12 @@ class Task(BaseModel):
     misfire_policy: MisfirePolicy
     misfire_grace_seconds: int
     overlap_policy: OverlapPolicy
+    pause_after_failures: int | None = Field(
+        default=None, description="Pause the task after this many consecutive failed runs (null: never)."
+    )
     status: TaskStatus
+    paused_reason: str | None = Field(default=None, description="Why the task is paused (null unless paused).")
+    paused_at: datetime | None = Field(default=None, description="Since when the task is paused.")
     next_fire_at: datetime | None
     snoozed_until: datetime | None
     last_fired_at: datetime | None

@@ -17,7 +17,7 @@ from pao_orchestrator.engine import schedule as schedules
 from pao_orchestrator.engine import templating
 from pao_orchestrator.engine.models import Agent, Task, TaskSpec
 from pao_orchestrator.engine.paging import decode_cursor, page
-from pao_orchestrator.engine.runtime import BUILTINS, Payload, validate_arguments
+from pao_orchestrator.engine.runtime import BUILTINS, Payload, PipelineStep, validate_arguments
 from pao_orchestrator.engine.validation import parse
 from pao_orchestrator.errors import InvalidArgument, PaoError, StepError
 from pao_orchestrator.store import TaskRecord
@@ -99,11 +99,20 @@ def to_task(row: TaskRecord) -> Task:
     return Task.model_validate({**row.as_dict(), "next_fires": fires, "schedule_error": problem})
 
 
+def _steps(payload: Payload) -> list[tuple[str, PipelineStep]]:
+    """Every step of a payload with its field path: the pipeline, then the on_failure steps."""
+    return [(f"payload.pipeline[{i}]", s) for i, s in enumerate(payload.pipeline)] + [
+        (f"payload.on_failure[{i}]", s) for i, s in enumerate(payload.on_failure)
+    ]
+
+
 async def check_pipeline(payload: Payload, catalog: ToolCatalog, *, probe_timeout: float = 15.0) -> list[str]:
-    """Check every step before the task is saved; return warnings for what could not be checked."""
+    """Check every step (the pipeline's and on_failure's) before the task is saved; return warnings for
+    what could not be checked."""
     known = set(catalog.server_names())
-    for index, step in enumerate(payload.pipeline):
-        field = f"payload.pipeline[{index}].uses"
+    steps = _steps(payload)
+    for path, step in steps:
+        field = f"{path}.uses"
         if step.server == BUILTIN_SERVER:
             if step.tool not in BUILTINS:
                 raise InvalidArgument(
@@ -116,7 +125,7 @@ async def check_pipeline(payload: Payload, catalog: ToolCatalog, *, probe_timeou
                 try:
                     validate_arguments(step.uses, BUILTINS[step.tool].input_schema, step.with_)
                 except StepError as exc:
-                    raise InvalidArgument(f"payload.pipeline[{index}].with", str(exc)) from None
+                    raise InvalidArgument(f"{path}.with", str(exc)) from None
         elif step.server not in known:
             configured = ", ".join(sorted(known)) or "none"
             raise InvalidArgument(
@@ -124,30 +133,37 @@ async def check_pipeline(payload: Payload, catalog: ToolCatalog, *, probe_timeou
                 f"server '{step.server}' is not in mcp.json (configured: {configured}; built-in: pao). "
                 "list_downstream_tools shows what pipelines may use",
             )
-    templating.check_pipeline_templates(
-        [s.model_dump(by_alias=True) for s in payload.pipeline], allowed_roots=templating.ALLOWED_ROOTS
-    )
+    pipeline = [s.model_dump(by_alias=True) for s in payload.pipeline]
+    templating.check_pipeline_templates(pipeline, allowed_roots=templating.ALLOWED_ROOTS)
+    if payload.on_failure:
+        # on_failure steps may read what the pipeline's steps produced (those that ran) and ${run.error}.
+        templating.check_pipeline_templates(
+            [s.model_dump(by_alias=True) for s in payload.on_failure],
+            allowed_roots=templating.ALLOWED_ROOTS,
+            field="payload.on_failure",
+            preceding=pipeline,
+        )
     warnings: list[str] = []
     schemas: dict[tuple[str, str], dict[str, Any] | None] = {}
     # One probe per distinct (server, tool), reported against the first step that uses it.
-    first_use: dict[tuple[str, str], int] = {}
-    for index, step in enumerate(payload.pipeline):
+    first_use: dict[tuple[str, str], str] = {}
+    for path, step in steps:
         if step.server != BUILTIN_SERVER:
-            first_use.setdefault((step.server, step.tool), index)
+            first_use.setdefault((step.server, step.tool), path)
 
-    async def probe(server: str, tool: str, index: int) -> None:
+    async def probe(server: str, tool: str, path: str) -> None:
         try:
             async with asyncio.timeout(probe_timeout):
                 schemas[(server, tool)] = await catalog.tool_schema(server, tool)
         except StepError as exc:
             if not exc.retryable:
-                raise InvalidArgument(f"payload.pipeline[{index}].uses", str(exc)) from None
+                raise InvalidArgument(f"{path}.uses", str(exc)) from None
             warnings.append(f"server '{server}' could not be reached to check '{server}.{tool}': {exc}")
         except TimeoutError:
             warnings.append(f"server '{server}' did not list its tools within {probe_timeout:.0f}s; not checked")
 
-    await asyncio.gather(*(probe(server, tool, index) for (server, tool), index in first_use.items()))
-    for index, step in enumerate(payload.pipeline):
+    await asyncio.gather(*(probe(server, tool, path) for (server, tool), path in first_use.items()))
+    for path, step in steps:
         schema = schemas.get((step.server, step.tool))
         if not schema:
             continue
@@ -155,14 +171,14 @@ async def check_pipeline(payload: Payload, catalog: ToolCatalog, *, probe_timeou
         if missing:
             props = ", ".join(sorted(schema.get("properties", {}))) or "none"
             raise InvalidArgument(
-                f"payload.pipeline[{index}].with",
+                f"{path}.with",
                 f"'{step.uses}' requires {', '.join(repr(m) for m in missing)} (its arguments: {props})",
             )
         if schema.get("additionalProperties") is False:
             extra = sorted(set(step.with_) - set(schema.get("properties", {})))
             if extra:
                 raise InvalidArgument(
-                    f"payload.pipeline[{index}].with",
+                    f"{path}.with",
                     f"'{step.uses}' takes no argument {', '.join(repr(e) for e in extra)}; "
                     f"its arguments: {', '.join(sorted(schema.get('properties', {})))}",
                 )

@@ -102,6 +102,7 @@ def register_schedule_tools(mcp: MCPServer[Any], engine: Engine, caller: Callabl
 
         The fires that fell in the pause are not run — no storm of old fires — and one skipped run records
         how many there were and when. The misfire policy still governs fires missed while no scheduler ran.
+        A task paused by pause_after_failures counts its failures afresh from now; paused_reason is cleared.
         Resuming an active, unsnoozed task changes nothing. A completed task needs a new schedule
         (update_task); a cancelled one cannot come back.
         """

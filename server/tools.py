@@ -104,6 +104,10 @@ def register_tools(mcp: MCPServer[Any], engine: Engine, caller: Callable[[], Age
         run_once, catch_up) and overlap_policy (when a fire arrives while the previous run is active: skip,
         queue, cancel_previous, allow).
 
+        Failure handling: payload.on_failure is a list of steps (same shape) run once when a run fails for good,
+        reading '${run.error}' and '${run.id}'; pause_after_failures: N pauses the task after N failed runs in a
+        row (get_task shows paused_reason and paused_at; resume_task clears the pause).
+
         Returns the stored task with its next fire times, and warnings for anything that could not be checked.
         """
         created = await engine.create_task(caller(), arguments)

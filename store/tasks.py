@@ -41,6 +41,7 @@ DEFINITION = (
     "misfire_policy",
     "misfire_grace_seconds",
     "overlap_policy",
+    "pause_after_failures",
 )
 
 
@@ -71,6 +72,10 @@ class TaskRecord(Record):
     snoozed_until: datetime | None
     last_fired_at: datetime | None
     schedule_anchor: datetime | None
+    pause_after_failures: int | None
+    paused_reason: str | None
+    paused_at: datetime | None
+    failures_counted_from: datetime | None
     created_by: UUID
     created_at: datetime
     updated_at: datetime
@@ -190,10 +195,25 @@ async def set_state(
     status: TaskStatus,
     next_fire_at: datetime | None,
     snoozed_until: datetime | None,
+    paused_reason: str | None = None,
 ) -> TaskRecord:
-    """pause, resume, snooze, cancel: the scheduling state of a task the caller has locked."""
-    row = await conn.fetchrow(sql("set_task_state"), task_id, status, next_fire_at, snoozed_until)
+    """pause, resume, snooze, cancel: the scheduling state of a task the caller has locked.
+
+    Entering `paused` records `paused_reason` and the instant; leaving it clears both and restarts
+    the consecutive-failure count (see `pause_after_failures`)."""
+    row = await conn.fetchrow(sql("set_task_state"), task_id, status, next_fire_at, snoozed_until, paused_reason)
     return TaskRecord.from_row(row)
+
+
+async def consecutive_failures(conn: asyncpg.Connection, task: TaskRecord) -> int:
+    """How many of the task's newest finished runs (since it was last resumed) failed in a row, up to
+    its `pause_after_failures`."""
+    if task.pause_after_failures is None:
+        return 0
+    value = await conn.fetchval(
+        sql("consecutive_failures"), task.id, task.failures_counted_from, task.pause_after_failures
+    )
+    return int(value or 0)
 
 
 async def claim_due(

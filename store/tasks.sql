@@ -6,8 +6,8 @@ INSERT INTO tasks (
     title, description, schedule_kind, schedule_expr, timezone, payload, priority,
     dedupe_key, dedupe_window_seconds, max_retries, backoff_strategy, backoff_base_seconds,
     backoff_max_seconds, concurrency_key, misfire_policy, misfire_grace_seconds, overlap_policy,
-    status, next_fire_at, created_by, created_at, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $21)
+    pause_after_failures, status, next_fire_at, created_by, created_at, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $22)
 RETURNING *;
 
 -- name: get_task
@@ -33,16 +33,40 @@ SET title = $2, description = $3, schedule_kind = $4, schedule_expr = $5, timezo
     priority = $8, dedupe_key = $9, dedupe_window_seconds = $10, max_retries = $11,
     backoff_strategy = $12, backoff_base_seconds = $13, backoff_max_seconds = $14,
     concurrency_key = $15, misfire_policy = $16, misfire_grace_seconds = $17, overlap_policy = $18,
-    status = $19, next_fire_at = $20, schedule_anchor = $21, snoozed_until = $22, updated_at = now()
+    pause_after_failures = $19,
+    status = $20, next_fire_at = $21, schedule_anchor = $22, snoozed_until = $23, updated_at = now()
 WHERE id = $1
 RETURNING *;
 
 -- name: set_task_state
 -- pause, resume, snooze, cancel: the scheduling state of one task, which the caller has locked.
+-- (SET reads the row as it was.) Entering 'paused' records why ($5) and since when; leaving it
+-- clears both and restarts the consecutive-failure count from now.
 UPDATE tasks
-SET status = $2, next_fire_at = $3, snoozed_until = $4, updated_at = now()
+SET status = $2, next_fire_at = $3, snoozed_until = $4, updated_at = now(),
+    paused_reason = CASE WHEN $2 = 'paused' THEN coalesce($5, paused_reason) END,
+    paused_at = CASE WHEN $2 <> 'paused' THEN NULL WHEN status = 'paused' THEN paused_at ELSE now() END,
+    failures_counted_from = CASE WHEN status = 'paused' AND $2 <> 'paused' THEN now()
+                                 ELSE failures_counted_from END
 WHERE id = $1
 RETURNING *;
+
+-- name: consecutive_failures
+-- The failed runs among the task's newest $3 finished ones (succeeded or failed; skipped and
+-- cancelled runs neither break nor extend a streak) since $2, counted up to the first success.
+-- Reads runs_task_finished: at most $3 rows, however long the task's history.
+SELECT count(*) FILTER (WHERE before_success)
+FROM (
+    SELECT bool_and(status = 'failed') OVER (ORDER BY finished_at DESC) AS before_success
+    FROM (
+        SELECT status, finished_at
+        FROM runs
+        WHERE task_id = $1 AND status IN ('succeeded', 'failed')
+          AND finished_at >= coalesce($2::timestamptz, '-infinity')
+        ORDER BY finished_at DESC
+        LIMIT $3
+    ) newest
+) recent;
 
 -- name: claim_due_tasks
 -- One scheduler pass takes up to $3 clock-driven tasks whose next fire is due by the horizon

@@ -37,10 +37,11 @@ from pao_orchestrator.engine.runtime.backoff import backoff_delay
 from pao_orchestrator.engine.runtime.builtins import BUILTINS, call_builtin
 from pao_orchestrator.engine.runtime.completions import Completions
 from pao_orchestrator.engine.runtime.enqueuing import trigger_view
+from pao_orchestrator.engine.runtime.failures import pause_if_failing
 from pao_orchestrator.engine.runtime.pipeline import Payload, PipelineStep
 from pao_orchestrator.engine.runtime.renderer import Renderer
 from pao_orchestrator.errors import StepError
-from pao_orchestrator.store import ClaimedRun, Completion, StepRecord
+from pao_orchestrator.store import DATABASE_ERRORS, ClaimedRun, Completion, StepRecord
 from pao_orchestrator.store import runs as run_store
 from pao_orchestrator.store import steps as step_store
 from pao_orchestrator.vocabulary import Outcome, RunStatus, StepStatus
@@ -87,6 +88,15 @@ class RunHandle:
         self.executed.set()
         if self.on_executed is not None:
             self.on_executed()
+
+
+@dataclass
+class _Progress:
+    """What a run has produced so far: the on_failure steps read it."""
+
+    payload: Payload
+    outputs: dict[str, Any]
+    saved: dict[str, Any]
 
 
 def _scrub(value: Any, secret_values: set[str]) -> Any:
@@ -143,20 +153,20 @@ class Executor:
         self.renderer = renderer or Renderer(limit=max_value_bytes)
         self._max_value = max_value_bytes
         self._completions = Completions(db, worker)
-        self._pipelines: dict[tuple[Any, Any], list[PipelineStep]] = {}
+        self._payloads: dict[tuple[Any, Any], Payload] = {}
         # Only the PAO_SECRET_* variables (Settings.secret_environ): filtering a whole environment per
         # run is measurable at 1k runs/s.
         self._secrets = dict(secrets)
 
-    def _pipeline(self, run: ClaimedRun) -> list[PipelineStep]:
-        """The task's parsed pipeline, parsed once per version of the task (a task's runs share it)."""
+    def _payload(self, run: ClaimedRun) -> Payload:
+        """The task's parsed payload, parsed once per version of the task (a task's runs share it)."""
         key = (run.task_id, run.task_updated_at)
-        pipeline = self._pipelines.get(key)
-        if pipeline is None:
-            if len(self._pipelines) >= 1024:
-                self._pipelines.clear()
-            pipeline = self._pipelines[key] = Payload.model_validate(run.task_payload).pipeline
-        return pipeline
+        payload = self._payloads.get(key)
+        if payload is None:
+            if len(self._payloads) >= 1024:
+                self._payloads.clear()
+            payload = self._payloads[key] = Payload.model_validate(run.task_payload)
+        return payload
 
     async def execute(self, handle: RunHandle) -> Outcome:
         """Run the pipeline of a claimed run and record its outcome; return how it ended."""
@@ -169,7 +179,8 @@ class Executor:
 
     async def _execute(self, handle: RunHandle) -> Outcome:
         run = handle.run
-        pipeline = self._pipeline(run)
+        payload = self._payload(run)
+        pipeline = payload.pipeline
         done: dict[int, step_store.PreviousOutput] = {}
         if run.resume:
             # A retry, or a run taken over from a worker that died: resume after what succeeded.
@@ -200,7 +211,7 @@ class Executor:
                         run, index, step, outputs_by_step, saved, secrets, defer=defer
                     )
             except StepError as exc:
-                return await self._fail(handle, step, exc, secrets.used_values())
+                return await self._fail(handle, step, exc, secrets, _Progress(payload, outputs_by_step, saved))
             outputs_by_step[step.id] = output
             if step.save_as:
                 saved[step.save_as] = output
@@ -247,6 +258,7 @@ class Executor:
         secrets: templating.Secrets,
         *,
         defer: bool,
+        run_error: str | None = None,
     ) -> tuple[Any, StepRecord | None]:
         """Run one step; return its output and, when `defer` is set, its record for the caller to write."""
         started = datetime.now(UTC)
@@ -261,7 +273,7 @@ class Executor:
                     saved=saved,
                     trigger=trigger_view(run.trigger, run.scheduled_for, run.trigger_data),
                     task={"id": str(run.task_id), "title": run.task_title},
-                    run={"id": str(run.id), "attempt": run.attempt},
+                    run={"id": str(run.id), "attempt": run.attempt, "error": run_error},
                     secrets=secrets,
                     now=started,
                 )
@@ -383,8 +395,11 @@ class Executor:
         if not held:
             raise LeaseLost
 
-    async def _fail(self, handle: RunHandle, step: PipelineStep, exc: StepError, used: set[str]) -> Outcome:
+    async def _fail(
+        self, handle: RunHandle, step: PipelineStep, exc: StepError, secrets: templating.Secrets, progress: _Progress
+    ) -> Outcome:
         run = handle.run
+        used = secrets.used_values()
         message = storable.text(_scrub(f"step {step.id!r} ({step.uses}) failed: {exc}", used))
         assert message is not None
         if exc.retryable and run.attempt < run.max_attempts:
@@ -405,8 +420,44 @@ class Executor:
             reason = f"failed after {run.attempt} attempt(s)"
         else:
             reason = "failed without retry: this error cannot succeed on a retry"
+        if progress.payload.on_failure:
+            reason += await self._on_failure(handle, message, secrets, progress)
         await self._finish(handle, RunStatus.FAILED, message, None, reason=reason)
+        await self._after_failure(run)
         return Outcome.FAILED
+
+    async def _on_failure(self, handle: RunHandle, error: str, secrets: templating.Secrets, progress: _Progress) -> str:
+        """Run the task's on_failure steps, once each, in order, with ${run.error} set; one that fails is
+        recorded and the next still runs. Returns what to add to the run's reason."""
+        run = handle.run
+        steps = progress.payload.on_failure
+        first = len(progress.payload.pipeline)
+        failed: list[str] = []
+        for offset, step in enumerate(steps):
+            await self._check_lease(handle)
+            try:
+                output, _ = await self._run_step(
+                    run, first + offset, step, progress.outputs, progress.saved, secrets, defer=False, run_error=error
+                )
+            except StepError:
+                failed.append(step.id)
+                continue
+            progress.outputs[step.id] = output
+            if step.save_as:
+                progress.saved[step.save_as] = output
+        if failed:
+            return f"; on_failure: {len(failed)} of {len(steps)} step(s) failed ({', '.join(failed)})"
+        return f"; on_failure: {len(steps)} step(s) ran"
+
+    async def _after_failure(self, run: ClaimedRun) -> None:
+        """A run failed for good: pause its task if that makes pause_after_failures in a row. Its own
+        transaction after the run's end is recorded; should it not happen (a crash in between), the next
+        failure counts the same runs and pauses the task then."""
+        try:
+            async with self._db.acquire() as conn:
+                await pause_if_failing(conn, run.task_id)
+        except DATABASE_ERRORS as exc:
+            log.warning("task %s: could not check its consecutive failures (%s)", run.task_id, exc)
 
     async def _finish(
         self,

@@ -46,17 +46,24 @@ class Payload(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     pipeline: list[PipelineStep] = Field(min_length=1, max_length=100)
+    on_failure: list[PipelineStep] = Field(
+        default_factory=list,
+        max_length=20,
+        description="Steps run once when a run fails for good (no retry left); they may read ${run.error}.",
+    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> Payload:
         seen: set[str] = set()
-        for index, step in enumerate(self.pipeline):
+        steps = [("pipeline", i, s) for i, s in enumerate(self.pipeline)]
+        steps += [("on_failure", i, s) for i, s in enumerate(self.on_failure)]
+        for part, index, step in steps:
             for name in (step.id, step.save_as):
                 if name is None:
                     continue
                 if name in seen and not (name == step.save_as == step.id):
                     raise ValueError(
-                        f"pipeline[{index}]: name {name!r} is used twice; step ids and save_as names must be unique"
+                        f"{part}[{index}]: name {name!r} is used twice; step ids and save_as names must be unique"
                     )
                 seen.add(name)
         return self

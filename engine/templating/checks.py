@@ -84,14 +84,22 @@ def check_pipeline_templates(
     *,
     allowed_roots: Iterable[str] = ALLOWED_ROOTS,
     field: str = "payload.pipeline",
+    preceding: Sequence[Mapping[str, Any]] = (),
 ) -> None:
     """Check each step's `with` templates against what that step may read: the roots and EARLIER steps.
 
-    Also rejects a `save_as` that would shadow one of `allowed_roots`.
+    `preceding` are steps that ran before the first of `pipeline` (the pipeline, for `on_failure`
+    steps): they are in scope and are not checked again. Also rejects a `save_as` that would shadow
+    one of `allowed_roots`.
     """
     roots = frozenset(allowed_roots)
     ids: list[str | None] = []
     names: list[str | None] = []
+    for step in preceding:
+        step_id, save_as = step.get("id"), step.get("save_as")
+        ids.append(step_id if isinstance(step_id, str) else None)
+        names.append(save_as if isinstance(save_as, str) else None)
+    offset = len(ids)
     for index, step in enumerate(pipeline):
         if not isinstance(step, Mapping):
             raise InvalidArgument(f"{field}[{index}]", f"a step must be an object, got {kind_of(step)}")
@@ -106,14 +114,15 @@ def check_pipeline_templates(
     for index, step in enumerate(pipeline):
         if "with" not in step:
             continue
-        earlier_names = {n for n in names[:index] if n}
+        at = offset + index
+        earlier_names = {n for n in names[:at] if n}
         scope = _Scope(
             roots=roots | earlier_names,
-            steps=tuple(i for i in ids[:index] if i),
-            current_step=ids[index],
-            own_name=names[index],
-            later_steps={s: j for j, s in enumerate(ids) if j > index and s},
-            later_names={n: j for j, n in enumerate(names) if j > index and n and n not in earlier_names},
+            steps=tuple(i for i in ids[:at] if i),
+            current_step=ids[at],
+            own_name=names[at],
+            later_steps={s: j - offset for j, s in enumerate(ids) if j > at and s},
+            later_names={n: j - offset for j, n in enumerate(names) if j > at and n and n not in earlier_names},
         )
         _check_value(step["with"], f"{field}[{index}].with", scope)
 
