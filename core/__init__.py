@@ -8,8 +8,9 @@ The rooms, top to bottom (each imports only the ones below it):
 * `store`   Postgres access, the embedded Postgres and the migration runner;
 * this package's own modules, the floor every room stands on:
   `errors` (the exception tree), `vocabulary` (statuses, kinds, policies)
-  and `contracts` (names the outside world relies on: NOTIFY channels,
-  the reserved server name, the secrets prefix).
+  `contracts` (names the outside world relies on: NOTIFY channels,
+  the reserved server name, the secrets prefix) and `metrics` (the
+  Prometheus instruments, one registry per process).
 """
 
 from __future__ import annotations

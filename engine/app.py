@@ -25,8 +25,9 @@ from pao_orchestrator.engine.downstream import DownstreamPool, Registry, load_re
 from pao_orchestrator.engine.models import Agent, Run, Task
 from pao_orchestrator.engine.runtime import BUILTINS, Executor, Renderer, Scheduler, Worker, worker_name
 from pao_orchestrator.engine.settings import Settings
+from pao_orchestrator.metrics import Metrics
+from pao_orchestrator.store import DATABASE_ERRORS, migrate, open_database, schema_version
 from pao_orchestrator.store import agents as agent_store
-from pao_orchestrator.store import migrate, open_database, schema_version
 from pao_orchestrator.store import runs as run_store
 from pao_orchestrator.vocabulary import RunStatus, ScheduleKind, TaskStatus
 
@@ -67,8 +68,10 @@ class Engine:
         owner: Agent,
         worker: Worker | None,
         scheduler: Scheduler | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics or Metrics()
         self.db = db
         self.tools = tools
         self.owner = owner
@@ -175,6 +178,19 @@ class Engine:
                 )
         return {"servers": servers}
 
+    async def metrics_exposition(self) -> bytes:
+        """The Prometheus text of this process, with the queue gauges read from the database now."""
+        try:
+            async with self.db.acquire() as conn:
+                queued_due, running, oldest = await run_store.queue_metrics(conn)
+        except DATABASE_ERRORS as exc:
+            log.warning("metrics: the queue could not be read (%s)", exc)
+        else:
+            self.metrics.queue_depth.set(queued_due)
+            self.metrics.running.set(running)
+            self.metrics.oldest_due_age.set(oldest)
+        return self.metrics.exposition()
+
     async def health(self) -> dict[str, Any]:
         async with self.db.acquire() as conn:
             queued_due, running = await run_store.queue_stats(conn)
@@ -229,7 +245,8 @@ async def open_engine(
             owner = Agent.model_validate((await agent_store.ensure_owner(conn)).as_dict())
         registry = load_registry(settings.mcp_config_path())
         _log_registry_source(settings, registry)
-        pool = await stack.enter_async_context(DownstreamPool(registry, environ=settings.environ))
+        metrics = Metrics()
+        pool = await stack.enter_async_context(DownstreamPool(registry, environ=settings.environ, metrics=metrics))
         tools = Tools(registry, pool)
         worker: Worker | None = None
         background: list[asyncio.Task[None]] = []
@@ -249,6 +266,7 @@ async def open_engine(
                 secrets=settings.secret_environ(),
                 renderer=renderer,
                 max_value_bytes=settings.max_value_bytes,
+                metrics=metrics,
             )
             worker = Worker(
                 db,
@@ -257,13 +275,14 @@ async def open_engine(
                 concurrency=concurrency or settings.worker_concurrency,
                 lease_seconds=settings.lease_seconds,
                 dsn=dsn,
+                metrics=metrics,
             )
             background.append(asyncio.create_task(worker.run(), name="worker"))
         scheduler: Scheduler | None = None
         if run_worker if run_scheduler is None else run_scheduler:
-            scheduler = Scheduler(db, dsn=dsn)
+            scheduler = Scheduler(db, dsn=dsn, metrics=metrics)
             background.append(asyncio.create_task(scheduler.run(), name="scheduler"))
-        engine = Engine(settings, db, tools, owner, worker, scheduler)
+        engine = Engine(settings, db, tools, owner, worker, scheduler, metrics)
         try:
             yield engine
         finally:

@@ -12,10 +12,12 @@ from mcp.server.mcpserver import MCPServer
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from pao_orchestrator import __version__
 from pao_orchestrator.contracts import APP_NAME
 from pao_orchestrator.engine import Agent, Engine
+from pao_orchestrator.metrics import CONTENT_TYPE_LATEST
 from pao_orchestrator.server.stdio import interruptible_stdin
 from pao_orchestrator.server.tools import register_tools
 
@@ -51,7 +53,27 @@ def create_server(engine: Engine, *, caller: Agent | None = None) -> MCPServer[A
 
     for path, handler in (("/health", health), ("/health/live", health), ("/health/ready", ready)):
         mcp.custom_route(path, methods=["GET"], include_in_schema=False)(handler)
+    mcp.custom_route("/metrics", methods=["GET"], include_in_schema=False)(_metrics_route(engine))
     return mcp
+
+
+def _metrics_route(engine: Engine) -> Callable[[Request], Awaitable[Response]]:
+    async def metrics(_request: Request) -> Response:
+        return Response(await engine.metrics_exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    return metrics
+
+
+async def serve_metrics(engine: Engine, *, host: str, port: int, stop: asyncio.Event) -> None:
+    """`GET /metrics` alone on its own port (`--metrics-port`): for `pao worker` and a stdio `pao serve`,
+    which have no HTTP server of their own. Runs until `stop` is set."""
+    app = Starlette(routes=[Route("/metrics", _metrics_route(engine), methods=["GET"])])
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"))
+
+    def ask_to_exit() -> None:
+        server.should_exit = True
+
+    await _until(stop, server.serve(), ask_to_exit)
 
 
 async def serve(mcp: MCPServer[Any], transport: str, *, host: str, port: int, stop: asyncio.Event) -> None:

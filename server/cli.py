@@ -11,12 +11,12 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 from pao_orchestrator import __version__
-from pao_orchestrator.engine import Settings, migrate_database, open_engine
+from pao_orchestrator.engine import Engine, Settings, migrate_database, open_engine
 from pao_orchestrator.errors import PaoError
-from pao_orchestrator.server.app import create_server, serve
+from pao_orchestrator.server.app import create_server, serve, serve_metrics
 
 log = logging.getLogger("pao")
 
@@ -44,10 +44,29 @@ async def _until_signal(stop: asyncio.Event) -> None:
     await stop.wait()
 
 
-async def _serve(settings: Settings, transport: str, host: str, port: int) -> None:
+@contextlib.asynccontextmanager
+async def _metrics_endpoint(engine: Engine, host: str, port: int | None) -> AsyncIterator[None]:
+    """Serve /metrics on `port` while the body runs (nothing when no port is given)."""
+    if port is None:
+        yield
+        return
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve_metrics(engine, host=host, port=port, stop=stop))
+    log.info("metrics on http://%s:%d/metrics", host, port)
+    try:
+        yield
+    finally:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, timeout=5)
+
+
+async def _serve(
+    settings: Settings, transport: str, host: str, port: int, metrics: tuple[str, int | None] = ("127.0.0.1", None)
+) -> None:
     stop = asyncio.Event()
     _on_signals(stop)  # from the start: a signal during startup stops the server once it is up
-    async with open_engine(settings) as engine:
+    async with open_engine(settings) as engine, _metrics_endpoint(engine, *metrics):
         mcp = create_server(engine)
         server = asyncio.create_task(serve(mcp, transport, host=host, port=port, stop=stop))
         stopping = asyncio.create_task(stop.wait())
@@ -70,8 +89,10 @@ async def _serve(settings: Settings, transport: str, host: str, port: int) -> No
             raise server.exception()  # type: ignore[misc]
 
 
-async def _worker(settings: Settings, concurrency: int | None) -> None:
-    async with open_engine(settings, concurrency=concurrency) as engine:
+async def _worker(
+    settings: Settings, concurrency: int | None, metrics: tuple[str, int | None] = ("127.0.0.1", None)
+) -> None:
+    async with open_engine(settings, concurrency=concurrency) as engine, _metrics_endpoint(engine, *metrics):
         assert engine.worker is not None
         log.info(
             "worker %s running (concurrency %d)",
@@ -97,6 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
     p_serve.add_argument("--port", type=int, default=8000)
     p_worker = sub.add_parser("worker", help="run only the scheduler and workers")
     p_worker.add_argument("--concurrency", type=int, default=None)
+    for p in (p_serve, p_worker):
+        p.add_argument(
+            "--metrics-port",
+            type=int,
+            default=None,
+            help="serve Prometheus metrics at http://<metrics-host>:<port>/metrics (http/sse serve has /metrics too)",
+        )
+        p.add_argument("--metrics-host", default="127.0.0.1")
     sub.add_parser("migrate", help="apply database migrations and exit")
     return parser
 
@@ -107,9 +136,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(settings.log_level)
     try:
         if args.command == "serve":
-            asyncio.run(_serve(settings, args.transport, args.host, args.port))
+            metrics = (args.metrics_host, args.metrics_port)
+            asyncio.run(_serve(settings, args.transport, args.host, args.port, metrics))
         elif args.command == "worker":
-            asyncio.run(_worker(settings, args.concurrency))
+            asyncio.run(_worker(settings, args.concurrency, (args.metrics_host, args.metrics_port)))
         elif args.command == "migrate":
             asyncio.run(_migrate(settings))
     except PaoError as exc:

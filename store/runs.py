@@ -376,3 +376,9 @@ async def cancel_many(
 async def withdraw_reservations(conn: asyncpg.Connection, task_id: UUID, reason: str) -> list[datetime]:
     """Remove runs created ahead of their (future) instant; returns those instants."""
     return [r["scheduled_for"] for r in await conn.fetch(sql("withdraw_reservations"), task_id, reason)]
+
+
+async def queue_metrics(conn: asyncpg.Connection) -> tuple[int, int, float]:
+    """(queued runs that are due, running runs, seconds the oldest due run has waited)."""
+    row = await conn.fetchrow(sql("queue_metrics"))
+    return int(row["queued_due"]), int(row["running"]), float(row["oldest_due_age"])

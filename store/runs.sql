@@ -344,6 +344,16 @@ SELECT scheduled_for FROM cancelled;
 SELECT (SELECT count(*) FROM runs WHERE status = 'queued' AND available_at <= now()) AS queued_due,
        (SELECT count(*) FROM runs WHERE status = 'running') AS running;
 
+-- name: queue_metrics
+-- What /metrics reports of the queue, as every replica sees it: runs due and waiting for a worker,
+-- runs executing, and how long the oldest due run has waited (0 when none waits).
+SELECT count(*) FILTER (WHERE status = 'queued' AND available_at <= now()) AS queued_due,
+       count(*) FILTER (WHERE status = 'running') AS running,
+       coalesce(extract(epoch FROM now() - min(available_at) FILTER (
+           WHERE status = 'queued' AND available_at <= now())), 0)::float8 AS oldest_due_age
+FROM runs
+WHERE status IN ('queued', 'running');
+
 -- name: lock_dedupe_key
 -- Serialises enqueues of one (task, dedupe key) until the transaction ends.
 SELECT pg_advisory_xact_lock(hashtextextended($1, 0));

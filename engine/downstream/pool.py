@@ -50,6 +50,7 @@ from pao_orchestrator.engine.downstream.sessions import (
 )
 from pao_orchestrator.engine.downstream.tool_output import ToolListing, ToolOutput, tool_output
 from pao_orchestrator.engine.downstream.transports import connector
+from pao_orchestrator.metrics import Metrics
 
 logger = logging.getLogger("pao_orchestrator.engine.downstream")
 
@@ -75,8 +76,11 @@ class DownstreamPool:
         default_call_timeout: float = 60.0,
         stderr: TextIO | None = None,
         ping_timeout: float = 5.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self._registry = registry
+        self._metrics = metrics or Metrics()
+        self._started: set[str] = set()  # servers that had a session: a new one is a restart
         self._environ = environ
         self._connect_timeout = connect_timeout
         self._default_call_timeout = default_call_timeout
@@ -295,11 +299,17 @@ class DownstreamPool:
                 self._drop(session)
                 raise await unavailable_error(session, session.error, tool, starting=True)
             self._sessions[server] = session
+            restarts = self._metrics.downstream_restarts.labels(server)  # shown as 0 from the first start
+            if server in self._started:
+                restarts.inc()
+            self._started.add(server)
+            self._metrics.downstream_up.labels(server).set(1)
             return session
 
     def _drop(self, session: Session) -> None:
         """Forget the session and have its owner close it; the next use reconnects."""
         session.dropped = True
+        self._metrics.downstream_up.labels(session.name).set(0)
         if self._sessions.get(session.name) is session:
             del self._sessions[session.name]
         session.request_close()

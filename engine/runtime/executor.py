@@ -41,6 +41,7 @@ from pao_orchestrator.engine.runtime.failures import pause_if_failing
 from pao_orchestrator.engine.runtime.pipeline import Payload, PipelineStep
 from pao_orchestrator.engine.runtime.renderer import Renderer
 from pao_orchestrator.errors import StepError
+from pao_orchestrator.metrics import Metrics
 from pao_orchestrator.store import DATABASE_ERRORS, ClaimedRun, Completion, StepRecord
 from pao_orchestrator.store import runs as run_store
 from pao_orchestrator.store import steps as step_store
@@ -146,8 +147,10 @@ class Executor:
         secrets: Mapping[str, str],
         renderer: Renderer | None = None,
         max_value_bytes: int = templating.MAX_OUTPUT,
+        metrics: Metrics | None = None,
     ) -> None:
         self._db = db
+        self._metrics = metrics or Metrics()
         self._tools = tools
         self._worker = worker
         self.renderer = renderer or Renderer(limit=max_value_bytes)
@@ -368,6 +371,8 @@ class Executor:
         secrets: templating.Secrets,
     ) -> StepRecord:
         used = secrets.used_values()
+        duration = time.perf_counter() - t0
+        self._metrics.step_duration.labels(step.uses, status.value).observe(duration)
         if status != StepStatus.SUCCEEDED and storable.problem(arguments, self._max_value) is not None:
             # What failed is what cannot be stored (a NUL in the rendered arguments, say): the
             # record leaves it out, its error says what was wrong.
@@ -382,7 +387,7 @@ class Executor:
             output=_scrub(output, used),
             error=storable.text(_scrub(error, used)),
             started_at=started,
-            duration_ms=(time.perf_counter() - t0) * 1000,
+            duration_ms=duration * 1000,
             output_sealed=templating.seal(output, secrets.used()) if used and output is not None else None,
         )
 
@@ -415,6 +420,7 @@ class Executor:
                     conn, run.id, self._worker, error=message, reason=reason, delay_seconds=delay
                 ):
                     raise LeaseLost
+            self._metrics.retries.inc()
             return Outcome.RETRYING
         if exc.retryable:
             reason = f"failed after {run.attempt} attempt(s)"
@@ -481,3 +487,4 @@ class Executor:
         )
         if not await self._completions.submit(completion):
             raise LeaseLost
+        self._metrics.runs.labels(status.value, run.trigger.value).inc()

@@ -36,6 +36,7 @@ from pao_orchestrator.engine.runtime import fires, storable
 from pao_orchestrator.engine.runtime.enqueuing import Keys, enqueue, render_keys, serial_key
 from pao_orchestrator.engine.schedule import parse_schedule
 from pao_orchestrator.errors import PaoError
+from pao_orchestrator.metrics import Metrics
 from pao_orchestrator.store import DATABASE_ERRORS, DueTask, InsertedRun, Listener, RunBatch, RunRecord, TaskAdvance
 from pao_orchestrator.store import runs as run_store
 from pao_orchestrator.store import tasks as task_store
@@ -77,8 +78,10 @@ class Scheduler:
         lookahead: float = LOOKAHEAD,
         max_sleep: float = MAX_SLEEP,
         clock: Callable[[], datetime] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._db = db
+        self._metrics = metrics or Metrics()
         self._dsn = dsn
         self._batch = batch_size
         self._lookahead = lookahead
@@ -119,6 +122,7 @@ class Scheduler:
                     level = logging.WARNING if isinstance(exc, DATABASE_ERRORS) else logging.ERROR
                     log.log(level, "scheduler pass failed (%s: %s); retry in %.1fs", type(exc).__name__, exc, backoff)
                     self.failed_passes += 1
+                    self._metrics.scheduler_failed_passes.inc()
                     delay, backoff = backoff, min(backoff * 2, self._max_sleep)
                 await self._sleep(delay)
         finally:
@@ -177,14 +181,18 @@ class Scheduler:
         """Lock due tasks, decide and record their fires, advance them; one transaction."""
         result = PassResult()
         now_arg = self._clock() if self._clock is not None else None
+        with self._metrics.scheduler_pass.time():
+            await self._pass(now_arg, result)
+        self.passes += 1
+        return result
+
+    async def _pass(self, now_arg: datetime | None, result: PassResult) -> None:
         async with self._db.acquire() as conn, conn.transaction():
             tasks = await task_store.claim_due(conn, now=now_arg, lookahead_seconds=self._lookahead, limit=self._batch)
             result.tasks = len(tasks)
             if tasks:
                 await self._decide(conn, tasks, result)
             result.next_due, result.clock = await task_store.next_due(conn)
-        self.passes += 1
-        return result
 
     async def _decide(self, conn: asyncpg.Connection, tasks: list[DueTask], result: PassResult) -> None:
         now = tasks[0].now

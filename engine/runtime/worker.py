@@ -15,12 +15,14 @@ import logging
 import os
 import socket
 import uuid
+from datetime import UTC, datetime
 from uuid import UUID
 
 import asyncpg
 
 from pao_orchestrator.contracts import CANCEL_CHANNEL, RUNS_CHANNEL
 from pao_orchestrator.engine.runtime.executor import Executor, RunHandle, lease_clock
+from pao_orchestrator.metrics import Metrics
 from pao_orchestrator.store import DATABASE_ERRORS, Listener
 from pao_orchestrator.store import runs as run_store
 from pao_orchestrator.vocabulary import Outcome
@@ -46,8 +48,10 @@ class Worker:
         lease_seconds: float,
         dsn: str,
         poll_interval: float = 1.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self.name = name
+        self._metrics = metrics or Metrics()
         self._db = db
         self._executor = executor
         self._concurrency = concurrency
@@ -108,12 +112,17 @@ class Worker:
         asked = lease_clock()
         try:
             async with self._db.acquire() as conn:
-                rows = await run_store.claim(conn, self.name, free, self._lease)
+                with self._metrics.claim_latency.time():
+                    rows = await run_store.claim(conn, self.name, free, self._lease)
         except DATABASE_ERRORS as exc:
             log.warning("claim failed (%s); retrying", exc)
             await asyncio.sleep(min(self._poll, 1.0))
             return False
+        claimed_at = datetime.now(UTC)
         for row in rows:
+            if row.attempt == 1:
+                lateness = (claimed_at - row.scheduled_for).total_seconds()
+                self._metrics.fire_lateness.labels(row.trigger.value).observe(max(lateness, 0.0))
             handle = RunHandle(row, lease_seconds=self._lease, held_until=asked + self._lease)
             if row.cancel_requested:
                 handle.cancel.set()
