@@ -246,7 +246,9 @@ async def open_engine(
         registry = load_registry(settings.mcp_config_path())
         _log_registry_source(settings, registry)
         metrics = Metrics()
-        pool = await stack.enter_async_context(DownstreamPool(registry, environ=settings.environ, metrics=metrics))
+        pool = await stack.enter_async_context(
+            DownstreamPool(registry, environ=settings.environ, metrics=metrics, log_stderr=True)
+        )
         tools = Tools(registry, pool)
         worker: Worker | None = None
         background: list[asyncio.Task[None]] = []

@@ -10,6 +10,7 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pao_orchestrator.contracts import APP_NAME, SECRET_ENV_PREFIX
+from pao_orchestrator.logs import LogFormat
 
 
 def _default_data_dir() -> Path:
@@ -44,6 +45,9 @@ class Settings(BaseSettings):
     render_memory_mb: int = Field(default=256, ge=32, le=65_536)
     max_value_bytes: int = Field(default=1_048_576, ge=1024, le=256 * 1_048_576)
     log_level: str = "INFO"
+    log_format: LogFormat | None = Field(
+        default=None, description="json or text; unset: json when stderr is not a terminal, text when it is."
+    )
     environ: dict[str, str] = Field(
         default_factory=_environment,
         exclude=True,

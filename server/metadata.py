@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import functools
+import logging
+import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated, ParamSpec, TypeVar
 from uuid import UUID
@@ -11,7 +14,10 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import ToolAnnotations
 from pydantic import Field, Strict
 
+from pao_orchestrator import logs
 from pao_orchestrator.errors import PaoError
+
+log = logging.getLogger("pao_orchestrator.server.tools")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -31,11 +37,22 @@ Cursor = Annotated[str | None, Field(description="next_cursor from the previous 
 def tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     """Turn domain errors into tool errors; their text is written for the model to act on."""
 
+    name = fn.__name__
+
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return await fn(*args, **kwargs)
-        except PaoError as exc:
-            raise ToolError(str(exc)) from exc
+        # Every line logged during the call carries its request id (and the tool's name).
+        with logs.bind(request_id=uuid.uuid4().hex[:16], tool=name):
+            started = time.perf_counter()
+            try:
+                result = await fn(*args, **kwargs)
+            except PaoError as exc:
+                log.info("tool %s refused in %.1f ms: %s", name, (time.perf_counter() - started) * 1000, exc)
+                raise ToolError(str(exc)) from exc
+            except Exception:
+                log.exception("tool %s failed", name)
+                raise
+            log.info("tool %s answered in %.1f ms", name, (time.perf_counter() - started) * 1000)
+            return result
 
     return wrapper

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
-from typing import Any, TextIO, TypeVar
+from typing import Any, TextIO, TypeVar, cast
 
 import anyio
 import anyio.abc
@@ -32,6 +32,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import CONNECTION_CLOSED, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, REQUEST_TIMEOUT
 from pydantic import ValidationError
 
+from pao_orchestrator import logs
 from pao_orchestrator.engine.downstream.errors import (
     DownstreamError,
     DownstreamRejected,
@@ -49,7 +50,7 @@ from pao_orchestrator.engine.downstream.sessions import (
     unavailable_error,
 )
 from pao_orchestrator.engine.downstream.tool_output import ToolListing, ToolOutput, tool_output
-from pao_orchestrator.engine.downstream.transports import connector
+from pao_orchestrator.engine.downstream.transports import LogLines, connector
 from pao_orchestrator.metrics import Metrics
 
 logger = logging.getLogger("pao_orchestrator.engine.downstream")
@@ -77,8 +78,10 @@ class DownstreamPool:
         stderr: TextIO | None = None,
         ping_timeout: float = 5.0,
         metrics: Metrics | None = None,
+        log_stderr: bool = False,
     ) -> None:
         self._registry = registry
+        self._log_stderr = log_stderr and stderr is None
         self._metrics = metrics or Metrics()
         self._started: set[str] = set()  # servers that had a session: a new one is a restart
         self._environ = environ
@@ -271,13 +274,16 @@ class DownstreamPool:
                     return session
                 self._drop(session)
             self._check_open(server, tool)
+            # With log_stderr, each server's stderr becomes log lines of its own (see LogLines).
+            stderr = cast(TextIO, LogLines(server)) if self._log_stderr else self._stderr
             connect = connector(
-                server, entry, tool, stderr=self._stderr, connect_timeout=self._connect_timeout, environ=self._environ
+                server, entry, tool, stderr=stderr, connect_timeout=self._connect_timeout, environ=self._environ
             )
             self._generation += 1
             session = Session(server, entry, self._generation)
             self._owners.add(session)
-            tg.start_soon(own_session, session, connect, self._owners)
+            # The session outlives the run that opened it: its task carries no run's log context.
+            logs.detached().run(tg.start_soon, own_session, session, connect, self._owners)
             try:
                 with anyio.fail_after(self._connect_timeout):
                     await session.ready.wait()

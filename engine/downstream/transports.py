@@ -35,6 +35,7 @@ from pao_orchestrator.engine.downstream.registry import (
 from pao_orchestrator.engine.downstream.sessions import Session
 
 logger = logging.getLogger("pao_orchestrator.engine.downstream")
+stderr_logger = logging.getLogger("pao_orchestrator.engine.downstream.stderr")
 
 
 def _client_info() -> mcp_types.Implementation:
@@ -46,6 +47,36 @@ def _client_info() -> mcp_types.Implementation:
 
 
 _CLIENT_INFO = _client_info()
+
+
+class LogLines(io.TextIOBase):
+    """A text stream that logs each line written to it (a downstream server's stderr), so the process's
+    stderr stays one format (JSON lines or text) and secrets in it are masked like any log line."""
+
+    def __init__(self, server: str) -> None:
+        super().__init__()
+        self._server = server
+        self._partial = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        if len(self._partial) > 65536:  # a line without end: log what came so far
+            lines.append(self._partial)
+            self._partial = ""
+        for line in lines:
+            if line.strip():
+                stderr_logger.info("[%s] %s", self._server, line.rstrip())
+        return len(text)
+
+    def close(self) -> None:
+        if self._partial.strip():
+            stderr_logger.info("[%s] %s", self._server, self._partial.rstrip())
+        self._partial = ""
+        super().close()
 
 
 def _has_fileno(stream: TextIO) -> bool:

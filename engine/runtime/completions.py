@@ -22,6 +22,7 @@ from uuid import UUID
 
 import asyncpg
 
+from pao_orchestrator import logs
 from pao_orchestrator.engine.runtime import storable
 from pao_orchestrator.store import Completion
 from pao_orchestrator.store import runs as run_store
@@ -56,7 +57,8 @@ class Completions:
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._pending.append((completion, future))
         if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write())
+            # The batch is everyone's: its task does not carry the log context of the run that started it.
+            self._writer = asyncio.create_task(self._write(), context=logs.detached())
         return await future
 
     async def _write(self) -> None:

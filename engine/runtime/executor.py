@@ -421,6 +421,7 @@ class Executor:
                 ):
                     raise LeaseLost
             self._metrics.retries.inc()
+            log.info("%s: %s", reason, message)
             return Outcome.RETRYING
         if exc.retryable:
             reason = f"failed after {run.attempt} attempt(s)"
@@ -488,3 +489,7 @@ class Executor:
         if not await self._completions.submit(completion):
             raise LeaseLost
         self._metrics.runs.labels(status.value, run.trigger.value).inc()
+        if status == RunStatus.SUCCEEDED:
+            log.debug("run succeeded")
+        else:
+            log.info("run %s (%s)%s", status, reason, f": {error}" if error else "")

@@ -20,6 +20,7 @@ from uuid import UUID
 
 import asyncpg
 
+from pao_orchestrator import logs
 from pao_orchestrator.contracts import CANCEL_CHANNEL, RUNS_CHANNEL
 from pao_orchestrator.engine.runtime.executor import Executor, RunHandle, lease_clock
 from pao_orchestrator.metrics import Metrics
@@ -133,9 +134,11 @@ class Worker:
         return len(rows) == free
 
     async def _execute(self, handle: RunHandle) -> Outcome:
-        run_id = handle.run.id
+        run = handle.run
+        run_id = run.id
         try:
-            return await self._executor.execute(handle)
+            with logs.bind(run_id=run_id, task_id=run.task_id, attempt=run.attempt):
+                return await self._executor.execute(handle)
         except asyncio.CancelledError:
             raise
         except Exception:
