@@ -7,6 +7,7 @@ The door of the engine: the server imports only the names below.
 from __future__ import annotations
 
 from pao_orchestrator.engine.app import Engine, migrate_database, open_engine
+from pao_orchestrator.engine.doctor import Check, CheckStatus, diagnose, render_checks
 from pao_orchestrator.engine.lifecycle import CancelledTask, FireInstant, SchedulePreview, TaskChange
 from pao_orchestrator.engine.models import DEFAULT_TIMEZONE, Agent, Run, RunStep, Task, TaskSpec
 from pao_orchestrator.engine.schedule import MAX_PREVIEW
@@ -18,6 +19,8 @@ __all__ = [
     "MAX_PREVIEW",
     "Agent",
     "CancelledTask",
+    "Check",
+    "CheckStatus",
     "CreatedTask",
     "Engine",
     "FireInstant",
@@ -28,6 +31,8 @@ __all__ = [
     "Task",
     "TaskChange",
     "TaskSpec",
+    "diagnose",
     "migrate_database",
     "open_engine",
+    "render_checks",
 ]

@@ -14,7 +14,15 @@ import sys
 from collections.abc import AsyncIterator, Sequence
 
 from pao_orchestrator import __version__, logs
-from pao_orchestrator.engine import Engine, Settings, migrate_database, open_engine
+from pao_orchestrator.engine import (
+    CheckStatus,
+    Engine,
+    Settings,
+    diagnose,
+    migrate_database,
+    open_engine,
+    render_checks,
+)
 from pao_orchestrator.errors import PaoError
 from pao_orchestrator.server.app import create_server, serve, serve_metrics
 
@@ -93,6 +101,12 @@ async def _worker(
         log.info("stopping: finishing running steps, releasing the rest")
 
 
+async def _doctor(settings: Settings) -> int:
+    checks = await diagnose(settings)
+    print(render_checks(checks))
+    return 1 if any(c.status == CheckStatus.FAIL for c in checks) else 0
+
+
 async def _migrate(settings: Settings) -> None:
     applied = await migrate_database(settings)
     print(f"applied {len(applied)} migration(s): {applied}" if applied else "database is up to date")
@@ -117,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--metrics-host", default="127.0.0.1")
     sub.add_parser("migrate", help="apply database migrations and exit")
+    sub.add_parser("doctor", help="check the database, Redis and every downstream server; exit 1 if any fails")
     return parser
 
 
@@ -132,6 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(_worker(settings, args.concurrency, (args.metrics_host, args.metrics_port)))
         elif args.command == "migrate":
             asyncio.run(_migrate(settings))
+        elif args.command == "doctor":
+            return asyncio.run(_doctor(settings))
     except PaoError as exc:
         print(f"pao: {exc}", file=sys.stderr)
         return 1
