@@ -23,7 +23,16 @@ from pao_orchestrator.engine import runs as run_service
 from pao_orchestrator.engine import tasks as task_service
 from pao_orchestrator.engine.downstream import DownstreamPool, Registry, load_registry
 from pao_orchestrator.engine.models import Agent, Run, Task
-from pao_orchestrator.engine.runtime import BUILTINS, Executor, Renderer, Scheduler, Worker, worker_name
+from pao_orchestrator.engine.runtime import (
+    BUILTINS,
+    Executor,
+    Pruner,
+    Renderer,
+    RetentionPolicy,
+    Scheduler,
+    Worker,
+    worker_name,
+)
 from pao_orchestrator.engine.settings import Settings
 from pao_orchestrator.metrics import Metrics
 from pao_orchestrator.store import DATABASE_ERRORS, migrate, open_database, schema_version
@@ -69,7 +78,9 @@ class Engine:
         worker: Worker | None,
         scheduler: Scheduler | None = None,
         metrics: Metrics | None = None,
+        pruner: Pruner | None = None,
     ) -> None:
+        self.pruner = pruner
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.db = db
@@ -284,10 +295,16 @@ async def open_engine(
         if run_worker if run_scheduler is None else run_scheduler:
             scheduler = Scheduler(db, dsn=dsn, metrics=metrics)
             background.append(asyncio.create_task(scheduler.run(), name="scheduler"))
-        engine = Engine(settings, db, tools, owner, worker, scheduler, metrics)
+        pruner: Pruner | None = None
+        if run_worker:
+            pruner = Pruner(db, retention_policy(settings), metrics=metrics)
+            background.append(asyncio.create_task(pruner.run(), name="retention"))
+        engine = Engine(settings, db, tools, owner, worker, scheduler, metrics, pruner)
         try:
             yield engine
         finally:
+            if pruner is not None:
+                await pruner.stop()
             if scheduler is not None:
                 await scheduler.stop()
             if worker is not None:
@@ -296,6 +313,16 @@ async def open_engine(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+
+def retention_policy(settings: Settings) -> RetentionPolicy:
+    return RetentionPolicy(
+        runs_days=settings.retention_runs_days,
+        events_days=settings.retention_events_days,
+        audit_days=settings.retention_audit_days,
+        batch_size=settings.retention_batch_size,
+        interval_seconds=settings.retention_interval_seconds,
+    )
 
 
 async def migrate_database(settings: Settings) -> list[int]:

@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     render_timeout_seconds: float = Field(default=1.0, gt=0, le=60)
     render_memory_mb: int = Field(default=256, ge=32, le=65_536)
     max_value_bytes: int = Field(default=1_048_576, ge=1024, le=256 * 1_048_576)
+    retention_runs_days: float = Field(default=30.0, ge=0, description="Keep finished runs this long; 0: forever.")
+    retention_events_days: float = Field(default=30.0, ge=0)
+    retention_audit_days: float = Field(default=365.0, ge=0)
+    retention_batch_size: int = Field(default=1000, ge=1, le=100_000)
+    retention_interval_seconds: float = Field(default=3600.0, gt=0)
     log_level: str = "INFO"
     log_format: LogFormat | None = Field(
         default=None, description="json or text; unset: json when stderr is not a terminal, text when it is."

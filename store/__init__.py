@@ -8,7 +8,7 @@ transaction) and return typed records.
 
 from __future__ import annotations
 
-from pao_orchestrator.store import agents, audit, diagnostics, runs, steps, tasks
+from pao_orchestrator.store import agents, audit, diagnostics, retention, runs, steps, tasks
 from pao_orchestrator.store.agents import AgentRecord
 from pao_orchestrator.store.database import DATABASE_ERRORS, Connection, Pool, create_pool, open_database
 from pao_orchestrator.store.embedded import EmbeddedPostgres
@@ -43,6 +43,7 @@ __all__ = [
     "latest_version",
     "migrate",
     "open_database",
+    "retention",
     "runs",
     "schema_version",
     "steps",

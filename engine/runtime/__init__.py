@@ -14,6 +14,7 @@ from pao_orchestrator.engine.runtime.fires import between as fires_between
 from pao_orchestrator.engine.runtime.fires import span as fires_span
 from pao_orchestrator.engine.runtime.pipeline import Payload, PipelineStep
 from pao_orchestrator.engine.runtime.renderer import Renderer
+from pao_orchestrator.engine.runtime.retention import Pruner, PruneResult, RetentionPolicy
 from pao_orchestrator.engine.runtime.scheduler import PassResult, Scheduler
 from pao_orchestrator.engine.runtime.worker import Worker, worker_name
 
@@ -24,7 +25,10 @@ __all__ = [
     "PassResult",
     "Payload",
     "PipelineStep",
+    "PruneResult",
+    "Pruner",
     "Renderer",
+    "RetentionPolicy",
     "RunHandle",
     "RunSource",
     "Scheduler",
