@@ -39,6 +39,7 @@ import asyncpg
 from bench.lateness import fresh_database, percentiles
 from pao_orchestrator.engine import Settings, open_engine
 from pao_orchestrator.store import agents as agent_store
+from pao_orchestrator.store import postgres_server
 
 ROOT = Path(__file__).resolve().parent.parent
 HEALTHY = {"pipeline": [{"id": "tick", "uses": "pao.noop", "with": {"at": "${trigger.scheduled_for}"}}]}
@@ -65,9 +66,14 @@ async def insert_tasks(db: asyncpg.Pool, count: int, first: Any, size: int | Non
 
 async def one_round(tasks: int, seconds: float, size: int | None) -> dict[str, Any]:
     """One round in this process: `size` None runs no hostile task."""
+    with postgres_server(os.environ.get("DATABASE_URL"), prefix="pao-bench-pg-") as admin_dsn:
+        return await round_on(admin_dsn, tasks, seconds, size)
+
+
+async def round_on(admin_dsn: str, tasks: int, seconds: float, size: int | None) -> dict[str, Any]:
     config = Path(tempfile.mkdtemp()) / "mcp.json"
     config.write_text(json.dumps({"mcpServers": {}}))
-    async with fresh_database() as dsn:
+    async with fresh_database(admin_dsn) as dsn:
         # Enough slots for a second's fires, so lateness measures the process, not a queue for slots.
         settings = Settings(
             database_url=dsn, mcp_config=config, data_dir=Path(tempfile.mkdtemp()), worker_concurrency=tasks + 16

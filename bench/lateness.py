@@ -4,8 +4,9 @@
         [--tasks 1000] [--seconds 60] [--concurrency 1000]
 
 pao: a fresh database (created on DATABASE_URL's server, or an embedded Postgres when it is
-unset) holds N tasks with the 6-field cron `* * * * * *` and a one-step `pao.noop` pipeline; the
-real scheduler and a real worker run in this process for the given time. Lateness is
+unset: pao_orchestrator.store's scratch helpers, shared by the benchmarks and the tests) holds N
+tasks with the 6-field cron `* * * * * *` and a one-step `pao.noop` pipeline; the real scheduler
+and a real worker run in this process for the given time. Lateness is
 runs.started_at - runs.scheduled_for (both written by Postgres). Every fire is checked: each task
 must have one row per second from its first fire to its last (no drop, no double).
 
@@ -23,49 +24,24 @@ import math
 import os
 import statistics
 import sys
-import tempfile
 import time
-import uuid
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
-from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
 from pao_orchestrator.engine.app import Tools
 from pao_orchestrator.engine.downstream import DownstreamPool, Registry
 from pao_orchestrator.engine.runtime import Executor, Scheduler, Worker, worker_name
-from pao_orchestrator.store import EmbeddedPostgres, create_pool, migrate
 from pao_orchestrator.store import agents as agent_store
+from pao_orchestrator.store import create_pool, postgres_server, scratch_database
 
 LISTENING = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'"
 PAYLOAD = {"pipeline": [{"id": "tick", "uses": "pao.noop", "with": {}}]}
 
 
-@contextlib.asynccontextmanager
-async def fresh_database() -> AsyncIterator[str]:
-    """A new, migrated database; dropped afterwards."""
-    base = os.environ.get("DATABASE_URL")
-    embedded = None
-    if not base:
-        embedded = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="pao-bench-")))
-        base = embedded.start()
-    name = f"pao_bench_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(base)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    parts = urlsplit(base)  # keeps ?host=... of the embedded server's socket URL
-    dsn = urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
-    try:
-        conn = await asyncpg.connect(dsn)
-        await migrate(conn)
-        await conn.close()
-        yield dsn
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
-        if embedded is not None:
-            embedded.stop()
+def fresh_database(admin_dsn: str) -> contextlib.AbstractAsyncContextManager[str]:
+    """A new, migrated database on `admin_dsn`'s server; dropped afterwards."""
+    return scratch_database(admin_dsn, prefix="pao_bench", migrated=True)
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -126,9 +102,9 @@ async def run_worker(dsn: str, concurrency: int, seconds: float) -> None:
 
 
 async def run_pao(
-    tasks: int, seconds: float, concurrency: int, processes: int, overlap: str
+    admin_dsn: str, tasks: int, seconds: float, concurrency: int, processes: int, overlap: str
 ) -> tuple[dict[str, float], dict[str, int]]:
-    async with fresh_database() as dsn:
+    async with fresh_database(admin_dsn) as dsn:
         db = await create_pool(dsn, min_size=4, max_size=20)
         try:
             # Workers in their own processes (as `pao worker` runs them); the scheduler runs here.
@@ -240,7 +216,8 @@ async def main() -> None:
         f"{args.tasks} tasks firing every second for {args.seconds:.0f} s on {os.cpu_count()} CPUs; "
         f"{args.processes} worker process(es) x {args.concurrency} slots"
     )
-    pao, fired = await run_pao(args.tasks, args.seconds, args.concurrency, args.processes, args.overlap)
+    with postgres_server(os.environ.get("DATABASE_URL"), prefix="pao-bench-pg-") as admin_dsn:
+        pao, fired = await run_pao(admin_dsn, args.tasks, args.seconds, args.concurrency, args.processes, args.overlap)
     peer = await run_apscheduler(args.tasks, args.seconds)
     print()
     print(f"{'lateness (ms)':<28}{'count':>9}{'p50':>9}{'p90':>9}{'p99':>9}{'max':>9}")

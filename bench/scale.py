@@ -32,7 +32,7 @@ import psutil
 from bench.lateness import fresh_database
 from pao_orchestrator.engine.runtime import Scheduler
 from pao_orchestrator.store import agents as agent_store
-from pao_orchestrator.store import create_pool
+from pao_orchestrator.store import create_pool, postgres_server
 
 PAYLOAD = {"pipeline": [{"id": "tick", "uses": "pao.noop", "with": {}}]}
 
@@ -178,20 +178,33 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=20)
     args = parser.parse_args()
     print(f"scheduler alone, batches of 1,000 tasks per pass, {os.cpu_count()} CPUs")
-    async with fresh_database() as dsn:
+    with postgres_server(os.environ.get("DATABASE_URL"), prefix="pao-bench-pg-") as admin_dsn:
+        bursts, steadies = await measure(admin_dsn, args.small, args.large, args.seconds)
+    table("burst: every task due at once", *bursts)
+    if steadies is not None:
+        table(
+            f"steady: {args.small:,} tasks firing once a minute ('S * * * * *'), the rest daily crons "
+            f"due hours later; loop running {args.seconds:.0f} s",
+            *steadies,
+        )
+
+
+Pair = tuple[dict[str, float], dict[str, float]]
+
+
+async def measure(admin_dsn: str, small: int, large: int, seconds: float) -> tuple[Pair, Pair | None]:
+    """(burst small, burst large), and (steady small, steady large) unless `seconds` is 0."""
+    async with fresh_database(admin_dsn) as dsn:
         db = await create_pool(dsn, max_size=5)
         try:
-            table(
-                "burst: every task due at once",
-                await burst(db, args.small),
-                await burst(db, args.large),
-            )
-            table(
-                f"steady: {args.small:,} tasks firing once a minute ('S * * * * *'), the rest daily crons "
-                f"due hours later; loop running {args.seconds:.0f} s",
-                await steady(db, dsn, args.small, args.small, args.seconds),
-                await steady(db, dsn, args.small, args.large, args.seconds),
-            )
+            bursts = (await burst(db, small), await burst(db, large))
+            steadies = None
+            if seconds > 0:
+                steadies = (
+                    await steady(db, dsn, small, small, seconds),
+                    await steady(db, dsn, small, large, seconds),
+                )
+            return bursts, steadies
         finally:
             await db.close()
 

@@ -22,7 +22,6 @@ import asyncio
 import os
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -37,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from pao_orchestrator.engine.app import Tools
 from pao_orchestrator.engine.downstream import DownstreamPool, Registry
 from pao_orchestrator.engine.runtime import Executor, RunHandle, lease_clock
-from pao_orchestrator.store import ClaimedRun, EmbeddedPostgres, create_pool, migrate
+from pao_orchestrator.store import ClaimedRun, create_pool, postgres_server, scratch_database
 from pao_orchestrator.vocabulary import Outcome
 
 SERVER = {"command": sys.executable, "args": ["-m", "mcp_server_time", "--local-timezone", "UTC"]}
@@ -82,72 +81,60 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+async def measure(admin_dsn: str, calls: int) -> dict[str, list[float]]:
+    """Milliseconds per call of each path (bare, pool, step), interleaved call by call."""
+    async with scratch_database(admin_dsn, prefix="pao_bench_step", migrated=True) as url:
+        db = await create_pool(url, max_size=4)
+        try:
+            return await _measure(db, calls)
+        finally:
+            await db.close()
+
+
+async def _measure(db: asyncpg.Pool, calls: int) -> dict[str, list[float]]:
+    registry = Registry.from_dict({"mcpServers": {"time": SERVER}})
+    worker = "bench-worker"
+    timings: dict[str, list[float]] = {"bare": [], "pool": [], "step": []}
+    async with (
+        Client(StdioServerParameters(**SERVER)) as bare,  # type: ignore[arg-type]
+        DownstreamPool(registry, environ=os.environ) as pool,
+    ):
+        executor = Executor(db, Tools(registry, pool), worker=worker, secrets={})
+        payload = {"pipeline": [{"id": "now", "uses": "time.get_current_time", "with": {"timezone": "${trigger.tz}"}}]}
+
+        async def call_bare() -> None:
+            result = await bare.call_tool("get_current_time", ARGS)
+            assert not result.is_error
+
+        async def call_pool() -> None:
+            result = await pool.call_tool("time", "get_current_time", ARGS)
+            assert not result.is_error
+
+        runs = [await held_run(db, worker, payload) for _ in range(calls + 20)]
+
+        async def call_step() -> None:
+            # As the worker hands over a run it just claimed: its lease known to run for an hour.
+            handle = RunHandle(runs.pop(), lease_seconds=3600, held_until=lease_clock() + 3600)
+            assert await executor.execute(handle) == Outcome.SUCCEEDED
+
+        # Warm up: sessions open, tool lists cached, statements prepared.
+        for fn in (call_bare, call_pool, call_step):
+            for _ in range(20):
+                await fn()
+        for _ in range(calls):
+            for label, fn in (("bare", call_bare), ("pool", call_pool), ("step", call_step)):
+                started = time.perf_counter()
+                await fn()
+                timings[label].append((time.perf_counter() - started) * 1000)
+    return timings
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=1000)
     args = parser.parse_args()
-
-    embedded: EmbeddedPostgres | None = None
-    dsn = os.environ.get("DATABASE_URL")
-    if not dsn:
-        embedded = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="pao-bench-pg-")))
-        dsn = embedded.start()
-    admin = await asyncpg.connect(dsn)
-    name = "pao_bench_step"
-    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(dsn)
-    url = urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
-    db = await create_pool(url, max_size=4)
-    async with db.acquire() as conn:
-        await migrate(conn)
-
-    registry = Registry.from_dict({"mcpServers": {"time": SERVER}})
-    worker = "bench-worker"
-    timings: dict[str, list[float]] = {"bare": [], "pool": [], "step": []}
-    try:
-        async with (
-            Client(StdioServerParameters(**SERVER)) as bare,  # type: ignore[arg-type]
-            DownstreamPool(registry, environ=os.environ) as pool,
-        ):
-            executor = Executor(db, Tools(registry, pool), worker=worker, secrets={})
-            payload = {
-                "pipeline": [{"id": "now", "uses": "time.get_current_time", "with": {"timezone": "${trigger.tz}"}}]
-            }
-
-            async def call_bare() -> None:
-                result = await bare.call_tool("get_current_time", ARGS)
-                assert not result.is_error
-
-            async def call_pool() -> None:
-                result = await pool.call_tool("time", "get_current_time", ARGS)
-                assert not result.is_error
-
-            runs = [await held_run(db, worker, payload) for _ in range(args.calls + 20)]
-
-            async def call_step() -> None:
-                # As the worker hands over a run it just claimed: its lease known to run for an hour.
-                handle = RunHandle(runs.pop(), lease_seconds=3600, held_until=lease_clock() + 3600)
-                assert await executor.execute(handle) == Outcome.SUCCEEDED
-
-            # Warm up: sessions open, tool lists cached, statements prepared.
-            for fn in (call_bare, call_pool, call_step):
-                for _ in range(20):
-                    await fn()
-            for _ in range(args.calls):
-                for label, fn in (("bare", call_bare), ("pool", call_pool), ("step", call_step)):
-                    started = time.perf_counter()
-                    await fn()
-                    timings[label].append((time.perf_counter() - started) * 1000)
-    finally:
-        await db.close()
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
-        if embedded is not None:
-            embedded.stop()
-
+    with postgres_server(os.environ.get("DATABASE_URL"), prefix="pao-bench-pg-") as admin_dsn:
+        timings = await measure(admin_dsn, args.calls)
     base = statistics.median(timings["bare"])
     print(f"{args.calls} sequential calls of time.get_current_time over stdio, interleaved")
     print(f"{'path':<6} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'p50 / bare':>11}")

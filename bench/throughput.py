@@ -22,9 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
-from typing import Final
 
 import asyncpg
 
@@ -32,36 +30,18 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pao_orchestrator.engine import Settings, open_engine
-from pao_orchestrator.store import EmbeddedPostgres
-
-
-def database(dsn: str, name: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(dsn)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
-
-
-# Unique per invocation: several benchmarks may share one Postgres server (and drop their databases).
-_RUN: Final = uuid.uuid4().hex[:8]
-PAO_DATABASE: Final = f"pao_bench_throughput_{_RUN}"
-PEER_DATABASE: Final = f"pgq_bench_throughput_{_RUN}"
-
-
-async def fresh_database(admin_dsn: str, name: str) -> str:
-    admin = await asyncpg.connect(admin_dsn)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    return database(admin_dsn, name)
+from pao_orchestrator.store import postgres_server, scratch_database
 
 
 async def pao_round(admin_dsn: str, jobs: int, workers: int, concurrency: int) -> float:
     """Runs per second for `workers` pao worker processes draining `jobs` noop runs."""
-    url = await fresh_database(admin_dsn, PAO_DATABASE)
+    async with scratch_database(admin_dsn, prefix="pao_bench_throughput") as url:
+        return await _pao_round(url, jobs, workers, concurrency)
+
+
+async def _pao_round(url: str, jobs: int, workers: int, concurrency: int) -> float:
     data_dir = Path(tempfile.mkdtemp(prefix="pao-bench-"))
+    (data_dir / "none.json").write_text('{"mcpServers": {}}')  # no downstream server, and pao says none
     settings = Settings(database_url=url, data_dir=data_dir, mcp_config=data_dir / "none.json")
     async with open_engine(settings, run_worker=False) as engine:
         created = await engine.create_task(
@@ -118,12 +98,16 @@ async def pao_round(admin_dsn: str, jobs: int, workers: int, concurrency: int) -
 
 async def pgqueuer_round(admin_dsn: str, jobs: int, dequeue: int, batch: int) -> float:
     """Jobs per second for pgqueuer's drain strategy: `dequeue` consumers with batch size `batch`."""
+    async with scratch_database(admin_dsn, prefix="pgq_bench_throughput") as url:
+        return await _pgqueuer_round(url, jobs, dequeue, batch)
+
+
+async def _pgqueuer_round(url: str, jobs: int, dequeue: int, batch: int) -> float:
     from pgqueuer import PgQueuer, types
     from pgqueuer.db import AsyncpgDriver
     from pgqueuer.models import Job
     from pgqueuer.queries import Queries
 
-    url = await fresh_database(admin_dsn, PEER_DATABASE)
     subprocess.run(
         [sys.executable, "-m", "pgqueuer", "install"],
         check=True,
@@ -160,12 +144,7 @@ async def main() -> None:
     parser.add_argument("--batch", type=int, default=10, help="pgqueuer dequeue batch size (its default)")
     args = parser.parse_args()
 
-    embedded: EmbeddedPostgres | None = None
-    admin_dsn = os.environ.get("DATABASE_URL")
-    if not admin_dsn:
-        embedded = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="pao-bench-pg-")))
-        admin_dsn = embedded.start()
-    try:
+    with postgres_server(os.environ.get("DATABASE_URL"), prefix="pao-bench-pg-") as admin_dsn:
         ours: list[float] = []
         peer: list[float] = []
         print(
@@ -180,13 +159,6 @@ async def main() -> None:
         mine, theirs = statistics.median(ours), statistics.median(peer)
         print(f"{'median':>5}  {mine:>11.0f}  {theirs:>15.0f}")
         print(f"ratio pao / pgqueuer: {mine / theirs:.2f}")
-    finally:
-        admin = await asyncpg.connect(admin_dsn)
-        for name in (PAO_DATABASE, PEER_DATABASE):
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
-        if embedded is not None:
-            embedded.stop()
 
 
 if __name__ == "__main__":

@@ -15,6 +15,13 @@ from pao_orchestrator.store.embedded import EmbeddedPostgres
 from pao_orchestrator.store.listener import Listener
 from pao_orchestrator.store.migrator import latest_version, migrate, schema_version
 from pao_orchestrator.store.runs import ClaimedRun, Completion, InsertedRun, NewRun, RunBatch, RunRecord
+from pao_orchestrator.store.scratch import (
+    data_folder,
+    database_name,
+    postgres_server,
+    scratch_database,
+    with_database,
+)
 from pao_orchestrator.store.steps import StepRecord, StepRow
 from pao_orchestrator.store.tasks import DueTask, TaskAdvance, TaskRecord
 
@@ -39,13 +46,18 @@ __all__ = [
     "agents",
     "audit",
     "create_pool",
+    "data_folder",
+    "database_name",
     "diagnostics",
     "latest_version",
     "migrate",
     "open_database",
+    "postgres_server",
     "retention",
     "runs",
     "schema_version",
+    "scratch_database",
     "steps",
     "tasks",
+    "with_database",
 ]

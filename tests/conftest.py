@@ -10,92 +10,45 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import sys
-import tempfile
-import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 
-from pao_orchestrator.store import EmbeddedPostgres, create_pool, migrate
+from pao_orchestrator.store import create_pool, data_folder, postgres_server, scratch_database, with_database
 
 ROOT = Path(__file__).resolve().parent.parent
 
-
-def with_database(dsn: str, name: str) -> str:
-    """`dsn` pointing at database `name` (works for host URLs and socket URLs alike)."""
-    parts = urlsplit(dsn)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
-
-
-@contextmanager
-def embedded_data_dir() -> Iterator[Path]:
-    """A fresh data dir for an embedded Postgres, removed afterwards.
-
-    Not under pytest's temp root: as root, pgserver runs Postgres as its own `pgserver`
-    user and opens the folders above the data dir to it, but every pytest run starting
-    on the machine chmods the per-user root (/tmp/pytest-of-<user>) back to 0700, and
-    the running Postgres then PANICs on global/pg_control. mkdtemp's folder is unique
-    per run and nobody else chmods it.
-    """
-    path = Path(tempfile.mkdtemp(prefix="pao-test-pg-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+# Tests import these from here; they are the store's scratch helpers, which the benchmarks use too.
+__all__ = ["embedded_data_dir", "with_database"]
+embedded_data_dir = partial(data_folder, "pao-test-pg-")
 
 
 @pytest.fixture(scope="session")
 def pg_dsn() -> Iterator[str]:
-    """A DSN of a Postgres this session may create databases on."""
+    """A DSN of a Postgres this session may create databases on: DATABASE_URL's server, else an embedded one."""
     url = os.environ.get("DATABASE_URL")
-    if url:
-        yield url
-        return
-    if os.environ.get("CI") == "true":
+    if not url and os.environ.get("CI") == "true":
         pytest.fail("CI=true but DATABASE_URL is unset: CI must test against the machine's Postgres")
-    with embedded_data_dir() as data_dir:
-        embedded = EmbeddedPostgres(data_dir)
-        try:
-            yield embedded.start()
-        finally:
-            embedded.stop()
+    with postgres_server(url, prefix="pao-test-pg-") as dsn:
+        yield dsn
 
 
 @pytest.fixture(scope="session")
 async def template_db(pg_dsn: str) -> AsyncIterator[str]:
     """A database migrated once per session; tests clone it."""
-    name = f"pao_tpl_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    admin = await asyncpg.connect(pg_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        conn = await asyncpg.connect(with_database(pg_dsn, name))
-        try:
-            await migrate(conn)
-        finally:
-            await conn.close()
-        yield name
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    async with scratch_database(pg_dsn, prefix=f"pao_tpl_{os.getpid()}", migrated=True) as dsn:
+        yield dsn
 
 
 @pytest.fixture
 async def database_url(pg_dsn: str, template_db: str) -> AsyncIterator[str]:
     """A fresh database for this test, already migrated."""
-    name = f"pao_t_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(pg_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-        yield with_database(pg_dsn, name)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    async with scratch_database(pg_dsn, prefix="pao_t", template=template_db) as dsn:
+        yield dsn
 
 
 @pytest.fixture
