@@ -124,6 +124,22 @@ class LeaseLost(Exception):
     """This worker no longer holds the run (its lease expired and another worker took it)."""
 
 
+class _Interrupted(Exception):
+    """The call of a step was stopped because the run was cancelled."""
+
+
+class StepCancelled(Exception):
+    """cancel_run arrived while a step was in flight; the step was stopped."""
+
+    def __init__(self, record: StepRecord) -> None:
+        super().__init__("cancelled while running")
+        self.record = record
+
+
+DEFAULT_STEP_TIMEOUT = 60.0
+"""A step's timeout_seconds when the pipeline gives none (README: Pipelines)."""
+
+
 class Executor:
     """Runs pipelines for one worker."""
 
@@ -197,10 +213,20 @@ class Executor:
                     # The last step's record rides along with the run's completion: one write, not two.
                     defer = index == len(pipeline) - 1
                     output, last_record = await self._run_step(
-                        run, index, step, outputs_by_step, saved, secrets, defer=defer
+                        handle, index, step, outputs_by_step, saved, secrets, defer=defer
                     )
             except StepError as exc:
                 return await self._fail(handle, step, exc, secrets.used_values())
+            except StepCancelled as stopped:
+                await self._finish(
+                    handle,
+                    RunStatus.CANCELLED,
+                    None,
+                    _scrub(saved, secrets.used_values()),
+                    reason=f"cancelled by cancel_run while step {step.id!r} ({step.uses}) was running",
+                    step_record=stopped.record,
+                )
+                return Outcome.CANCELLED
             outputs_by_step[step.id] = output
             if step.save_as:
                 saved[step.save_as] = output
@@ -239,7 +265,7 @@ class Executor:
 
     async def _run_step(
         self,
-        run: ClaimedRun,
+        handle: RunHandle,
         index: int,
         step: PipelineStep,
         outputs_by_step: dict[str, Any],
@@ -249,6 +275,7 @@ class Executor:
         defer: bool,
     ) -> tuple[Any, StepRecord | None]:
         """Run one step; return its output and, when `defer` is set, its record for the caller to write."""
+        run = handle.run
         started = datetime.now(UTC)
         t0 = time.perf_counter()
         arguments: Any = None
@@ -271,13 +298,13 @@ class Executor:
                     raise StepError(f"{step.uses}: the rendered 'with' {problem}", retryable=False)
             if step.server == BUILTIN_SERVER:
                 # A built-in's output is made of its arguments, which were checked (at save, or above).
-                output = await self._call(step, arguments)
+                output = await self._interruptible(handle, step, self._call(step, arguments))
             else:
                 # A call still going after RUNNING_MARK_DELAY shows as running in get_run. A quick one
                 # never gets that row: its outcome is its only write (or rides on the run's end).
                 mark = _RunningMark(lambda: self._start_step(run, index, step, arguments, secrets))
                 try:
-                    output = await self._call(step, arguments)
+                    output = await self._interruptible(handle, step, self._call(step, arguments))
                 finally:
                     row_id = await mark.settle()
                 problem = storable.problem(output, self._max_value)
@@ -290,6 +317,22 @@ class Executor:
             )
             await self._write_step(run, record, row_id)
             raise
+        except _Interrupted:
+            # Its record rides on the run's end (an upsert over the 'running' row, if there is one).
+            raise StepCancelled(
+                self._step_record(
+                    run,
+                    index,
+                    step,
+                    StepStatus.CANCELLED,
+                    arguments,
+                    None,
+                    "stopped by cancel_run while running",
+                    started,
+                    t0,
+                    secrets,
+                )
+            ) from None
         record = self._step_record(
             run, index, step, StepStatus.SUCCEEDED, arguments, output, None, started, t0, secrets
         )
@@ -298,6 +341,28 @@ class Executor:
             return output, record
         await self._write_step(run, record, row_id)
         return output, None
+
+    async def _interruptible(self, handle: RunHandle, step: PipelineStep, call: Awaitable[Any]) -> Any:
+        """Await a step's call, stopping it when cancel_run arrives, and (for built-ins, which have no
+        pool to enforce it) when its timeout_seconds pass."""
+        timeout = None
+        if step.server == BUILTIN_SERVER:
+            timeout = step.timeout_seconds or DEFAULT_STEP_TIMEOUT
+        calling = asyncio.ensure_future(call)
+        cancelled = asyncio.ensure_future(handle.cancel.wait())
+        try:
+            await asyncio.wait({calling, cancelled}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            cancelled.cancel()
+            if not calling.done():
+                calling.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await calling
+        if not calling.cancelled() and calling.done():
+            return calling.result()
+        if handle.cancel.is_set():
+            raise _Interrupted
+        raise StepError(f"{step.uses} did not finish within its timeout_seconds ({timeout:g}s)", retryable=True)
 
     async def _call(self, step: PipelineStep, arguments: Any) -> Any:
         if not isinstance(arguments, dict):
