@@ -101,7 +101,7 @@ async def test_resources_read_as_the_tools_and_list_pages_tasks_newest_first(
         templates = {t.uri_template for t in (await client.list_resource_templates()).resource_templates}
         assert templates == {"pao://tasks/{task_id}", "pao://runs/{run_id}", "pao://runs/{run_id}/steps/{step_id}"}
         ids = []
-        for n in range(3):
+        for _ in range(3):
             created = await ok(client, "create_task", task_args([{"id": "a", "uses": "pao.noop", "with": {}}]))
             ids.append(created["task"]["id"])
         listed = await client.list_resources()
