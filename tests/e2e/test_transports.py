@@ -1,5 +1,5 @@
-"""The MCP face over real transports (`pao serve` as a subprocess): live run updates and progress
-over stdio, SSE and streamable HTTP; subscriptions/listen on 2026-07-28 connections and
+"""The MCP face over real transports (`pao serve` as a subprocess): live run updates, progress and
+cancelling in flight over stdio, SSE and streamable HTTP; subscriptions/listen on 2026-07-28 connections and
 resources/subscribe on earlier ones."""
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ async def ok(client: Client, tool: str, arguments: dict[str, Any], **kw: Any) ->
 
 
 @pytest.mark.parametrize("kind", ["stdio", "sse", "http"])
-async def test_a_subscriber_hears_a_run_change_while_it_executes_and_run_now_reports_progress(
+async def test_live_updates_progress_and_cancel_in_flight(
     database_url: str, mcp_config: Path, tmp_path: Path, kind: str
 ) -> None:
     params = server_params(database_url, mcp_config, tmp_path)
@@ -129,3 +129,14 @@ async def test_a_subscriber_hears_a_run_change_while_it_executes_and_run_now_rep
             waited = await ok(client, "run_now", {"task_id": task["id"], "wait": 20}, progress_callback=on_progress)
             assert waited["status"] == "succeeded"
             assert progress == [1, 2], progress
+
+            # Cancelling in flight: a 30 s sleep stops within a second of cancel_run.
+            nap = task_args([{"id": "nap", "uses": "pao.sleep", "with": {"seconds": 30}}], title="nap")
+            sleeping = await ok(client, "run_now", {"task_id": (await ok(client, "create_task", nap))["task"]["id"]})
+            with anyio.fail_after(10):
+                while (await ok(client, "get_run", {"run_id": sleeping["run_id"]}))["status"] != "running":
+                    await anyio.sleep(0.02)
+            t0 = time.monotonic()
+            await ok(client, "cancel_run", {"run_id": sleeping["run_id"]})
+            stopped = await ok(client, "get_run", {"run_id": sleeping["run_id"], "wait_seconds": 5})
+            assert stopped["status"] == "cancelled" and time.monotonic() - t0 < 1.0, stopped
