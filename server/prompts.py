@@ -6,8 +6,10 @@ from collections.abc import Callable
 from typing import Annotated, Any
 from uuid import UUID
 
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import MCPServer
-from mcp.server.mcpserver.exceptions import ResourceError
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS
 from pydantic import Field
 
 from pao_orchestrator.engine import Agent, Engine
@@ -45,9 +47,9 @@ def register_prompts(mcp: MCPServer[Any], engine: Engine, caller: Callable[[], A
         try:
             run = await engine.get_run(UUID(run_id), caller=caller())
         except ValueError:
-            raise ResourceError(f"run_id {run_id!r} is not a UUID") from None
+            raise MCPError(INVALID_PARAMS, f"run_id {run_id!r} is not a UUID") from None
         except PaoError as exc:
-            raise ResourceError(str(exc)) from exc
+            raise MCPError(INVALID_PARAMS, str(exc)) from exc
         shown = bounded_run(run)
         return (
             f"Here is run {run.id} ({run_uri(run.id)}) of task {run.task_id}, as get_run returns it:\n\n"
@@ -58,3 +60,15 @@ def register_prompts(mcp: MCPServer[Any], engine: Engine, caller: Callable[[], A
             "reason. A step whose input or output says 'truncated' is complete at its resource, e.g. "
             f"{step_uri(run.id, '<step id>')}."
         )
+
+    names = ("schedule_pipeline", "explain_run")
+
+    async def known_prompts(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        # An unknown name is the caller's mistake: an error naming the prompts, not a server traceback.
+        if ctx.method == "prompts/get":
+            name = (ctx.params or {}).get("name")
+            if name not in names:
+                raise MCPError(INVALID_PARAMS, f"no prompt {name!r}; prompts: {', '.join(names)}")
+        return await call_next(ctx)
+
+    mcp.middleware.append(known_prompts)

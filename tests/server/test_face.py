@@ -4,6 +4,7 @@ cancelling in flight, strict and lean tools, bounded outputs."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 from mcp import Client
 from mcp.server.lowlevel.server import Server
 from mcp.server.mcpserver import MCPServer
+from mcp.shared.exceptions import MCPError
 
 from pao_orchestrator.server.app import create_server
 from pao_orchestrator.server.face import lowlevel
@@ -220,7 +222,7 @@ async def test_a_listen_stream_receives_the_updates_of_a_run_while_it_executes(
 
 
 async def test_prompts_guide_scheduling_and_explain_a_failed_run(
-    database_url: str, mcp_config: Path, tmp_path: Path
+    database_url: str, mcp_config: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with (
         engine_on(database_url, mcp_config, tmp_path) as engine,
@@ -240,6 +242,11 @@ async def test_prompts_guide_scheduling_and_explain_a_failed_run(
         explained = await client.get_prompt("explain_run", {"run_id": run["run_id"]})
         text = explained.messages[0].content.text  # type: ignore[union-attr]
         assert "timeout_seconds" in text and "failed" in text
+        with pytest.raises(MCPError, match="no prompt 'nope'; prompts: schedule_pipeline, explain_run"):
+            await client.get_prompt("nope")
+        with pytest.raises(MCPError, match="not a UUID"):
+            await client.get_prompt("explain_run", {"run_id": "zzz"})
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.records
 
 
 @pytest.mark.parametrize(
