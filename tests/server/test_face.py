@@ -18,7 +18,7 @@ from mcp.shared.exceptions import MCPError
 
 from pao_orchestrator.server.app import create_server
 from pao_orchestrator.server.face import lowlevel
-from tests.engine.support import engine_on, task_args
+from tests.engine.support import create, engine_on, task_args
 
 # Every tool DESIGN.md names; the ones this server does not have yet (events, admin) are reserved
 # RESERVE bytes each, so the budget holds once they are added.
@@ -102,14 +102,16 @@ async def test_resources_read_as_the_tools_and_list_pages_tasks_newest_first(
     ):
         templates = {t.uri_template for t in (await client.list_resource_templates()).resource_templates}
         assert templates == {"pao://tasks/{task_id}", "pao://runs/{run_id}", "pao://runs/{run_id}/steps/{step_id}"}
-        ids = []
-        for _ in range(3):
-            created = await ok(client, "create_task", task_args([{"id": "a", "uses": "pao.noop", "with": {}}]))
-            ids.append(created["task"]["id"])
-        listed = await client.list_resources()
-        uris = [str(r.uri) for r in listed.resources]
-        assert uris[:2] == ["pao://health", "pao://downstream"]
-        assert uris[2:] == [f"pao://tasks/{i}" for i in reversed(ids)]
+        ids = [str(await create(engine, [{"id": "a", "uses": "pao.noop", "with": {}}])) for _ in range(52)]
+        first = await client.list_resources()
+        uris = [str(r.uri) for r in first.resources]
+        assert uris[:2] == ["pao://health", "pao://downstream"] and first.next_cursor is not None
+        second = await client.list_resources(cursor=first.next_cursor)
+        assert second.next_cursor is None
+        listed = uris[2:] + [str(r.uri) for r in second.resources]
+        # Newest first, as list_tasks pages them, each task once.
+        tool_order = [t["id"] for t in (await ok(client, "list_tasks", {"limit": 200}))["tasks"]]
+        assert listed == [f"pao://tasks/{i}" for i in tool_order] and sorted(tool_order) == sorted(ids)
         task = json.loads((await client.read_resource(f"pao://tasks/{ids[0]}")).contents[0].text)  # type: ignore[union-attr]
         tool_task = await ok(client, "get_task", {"task_id": ids[0]})
         assert task == tool_task
