@@ -21,7 +21,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import asyncpg
@@ -50,6 +53,24 @@ async def main():
     print(json.dumps([len(tools), facing, whole]))
 asyncio.run(main())
 """
+
+
+@contextmanager
+def serving(python: str, tree: Path, env: dict[str, str], port: int) -> Iterator[None]:
+    """`pao serve --transport http` of the tree at `tree`, until the block ends."""
+    command = [python, "-m", "pao_orchestrator.server.cli", "serve", "--transport", "http", "--port", str(port)]
+    server = subprocess.Popen(command, env=env, cwd=str(tree), stdout=subprocess.DEVNULL)
+    try:
+        for _ in range(300):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.1)
+        yield
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -143,6 +164,7 @@ async def main() -> None:
     args = parser.parse_args()
     admin = os.environ["DATABASE_URL"]
     name = await new_db(admin)
+    dropped = [name]
     url = with_database(admin, name)
     port = 18000 + os.getpid() % 1000
     tmp = Path(tempfile.mkdtemp())
@@ -161,28 +183,30 @@ async def main() -> None:
                 await drop_db(admin, before_name)
         for label, (count, facing, whole) in rows:
             print(f"  {label:7} {count:3} tools  {facing:7,}  {whole:7,}")
-        server = subprocess.Popen(
-            [sys.executable, "-m", "pao_orchestrator.server.cli", "serve", "--transport", "http", "--port", str(port)],
-            env=env, cwd=str(tmp), stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        try:
-            await asyncio.sleep(3)
-            mcp_url = f"http://127.0.0.1:{port}/mcp"
+        mcp_url = f"http://127.0.0.1:{port}/mcp"
+        with serving(sys.executable, HERE, env, port):
             mcp, raw = await notify_latency(url, mcp_url, args.rounds)
             print(f"change -> notification, {args.rounds} changes   p50 ms   p99 ms")
             print(f"  raw LISTEN (peer)                   {statistics.median(raw):6.2f}   {pct(raw, 0.99):6.2f}")
             print(f"  MCP listen stream                   {statistics.median(mcp):6.2f}   {pct(mcp, 0.99):6.2f}")
-            print("tool calls over streamable HTTP        p50 ms   p99 ms")
-            for clients in (1, 16):
-                lat = await call_latency(mcp_url, clients, args.calls)
+        trees = [("this", sys.executable, HERE, env)]
+        if args.before:
+            before_db = await new_db(admin)
+            dropped.append(before_db)
+            before_env = {**env, "DATABASE_URL": with_database(admin, before_db)}
+            python = str(Path(args.before) / ".venv" / "bin" / "python")
+            trees.insert(0, ("before", python, Path(args.before), before_env))
+        print("tool calls over streamable HTTP        p50 ms   p99 ms")
+        for clients in (1, 16):
+            for label, python, tree, tree_env in trees:
+                with serving(python, tree, tree_env, port):
+                    lat = await call_latency(mcp_url, clients, args.calls)
                 for tool, values in lat.items():
                     p50, p99 = statistics.median(values), pct(values, 0.99)
-                    print(f"  {tool:12} {clients:2} client(s)        {p50:6.2f}   {p99:6.2f}")
-        finally:
-            server.terminate()
-            server.wait(timeout=20)
+                    print(f"  {label:6} {tool:12} {clients:2} client(s) {p50:6.2f}   {p99:6.2f}")
     finally:
-        await drop_db(admin, name)
+        for db_name in dropped:
+            await drop_db(admin, db_name)
 
 
 if __name__ == "__main__":
