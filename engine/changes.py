@@ -32,15 +32,20 @@ class Change:
     step_id: str | None = None
 
     @classmethod
-    def parse(cls, payload: str) -> Change | None:
-        """The change a NOTIFY payload names ('run:<id>', 'step:<run id>:<step id>', ...); None if malformed."""
+    def parse(cls, payload: str) -> list[Change] | None:
+        """The changes a NOTIFY payload names ('run:<id>,<id>', 'step:<run id>:<step id>,...', ...);
+        None if it is malformed."""
         prefix, _, rest = payload.partition(":")
         try:
             kind = ChangeKind(prefix)
-            if kind == ChangeKind.STEP:
-                run_id, _, step_id = rest.partition(":")
-                return cls(kind, UUID(run_id), step_id)
-            return cls(kind, UUID(rest))
+            changes = []
+            for item in rest.split(","):
+                if kind == ChangeKind.STEP:
+                    run_id, _, step_id = item.partition(":")
+                    changes.append(cls(kind, UUID(run_id), step_id))
+                else:
+                    changes.append(cls(kind, UUID(item)))
+            return changes
         except ValueError:
             return None
 
@@ -100,12 +105,14 @@ class ChangeFeed:
         self.reconnects += 1
 
     def _notified(self, _channel: str, payload: str) -> None:
-        change = Change.parse(payload)
-        if change is None:
-            log.warning("change feed: ignored a malformed payload %r", payload)
+        changes = Change.parse(payload)
+        if changes is None:
+            log.warning("change feed: ignored a malformed payload %r", payload[:200])
             return
-        for subscriber in list(self._subscribers.values()):
-            try:
-                subscriber(change)
-            except Exception:  # fan-out boundary: one subscriber's bug must not starve the others
-                log.exception("change subscriber raised; continuing")
+        subscribers = list(self._subscribers.values())
+        for change in changes:
+            for subscriber in subscribers:
+                try:
+                    subscriber(change)
+                except Exception:  # fan-out boundary: one subscriber's bug must not starve the others
+                    log.exception("change subscriber raised; continuing")

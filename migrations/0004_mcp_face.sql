@@ -2,54 +2,70 @@
 -- `pao_changes` (contracts.CHANGES_CHANNEL), whichever process made it, so MCP subscribers of
 -- any replica are told through their process's one LISTEN connection (no polling).
 --
--- Payloads: 'task:<id>' (changed), 'task+:<id>' (created), 'task-:<id>' (deleted),
--- 'run:<id>' (a run's row changed), 'step:<run id>:<step id>' (a step's row was written).
--- NOTIFY folds identical payloads of one transaction into one, and a batch that finishes many
--- runs sends one notification per run, delivered on commit.
+-- Payload: '<kind>:<item>,<item>,...' with kind 'task+' (created), 'task' (changed), 'task-'
+-- (deleted), 'run' (a run's row changed) or 'step' (a step's row was written); an item is an id,
+-- for 'step' '<run id>:<step id>'. Triggers are per statement, with transition tables: a claim or
+-- a completion of 256 runs costs one trigger call and two notifications, not 256 of each (a
+-- payload holds at most 150 items, under NOTIFY's 8000-byte limit). Delivered on commit.
 
-CREATE FUNCTION pao_notify_task() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION pao_announce(kind text, items text[]) RETURNS void LANGUAGE sql AS $$
+    SELECT pg_notify('pao_changes', kind || ':' || string_agg(item, ','))
+    FROM (SELECT item, (row_number() OVER () - 1) / 150 AS chunk FROM unnest(items) AS item) c
+    GROUP BY chunk;
+$$;
+
+CREATE FUNCTION pao_announce_tasks() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        PERFORM pg_notify('pao_changes', 'task+:' || NEW.id);
+        PERFORM pao_announce('task+', array(SELECT id::text FROM new_rows));
     ELSIF TG_OP = 'DELETE' THEN
-        PERFORM pg_notify('pao_changes', 'task-:' || OLD.id);
+        PERFORM pao_announce('task-', array(SELECT id::text FROM old_rows));
     ELSE
-        PERFORM pg_notify('pao_changes', 'task:' || NEW.id);
+        -- A write that changes nothing (the same values) is not a change.
+        PERFORM pao_announce('task', array(
+            SELECT n.id::text FROM new_rows n JOIN old_rows o ON o.id = n.id WHERE (o.*) IS DISTINCT FROM (n.*)));
     END IF;
     RETURN NULL;
 END $$;
 
-CREATE FUNCTION pao_notify_run() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION pao_announce_runs() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('pao_changes', 'run:' || NEW.id);
+    IF TG_OP = 'INSERT' THEN
+        PERFORM pao_announce('run', array(SELECT id::text FROM new_rows));
+    ELSE
+        -- Only what a reader of the run sees: a heartbeat (lease_expires_at) is not a change.
+        PERFORM pao_announce('run', array(
+            SELECT n.id::text FROM new_rows n JOIN old_rows o ON o.id = n.id
+            WHERE o.status IS DISTINCT FROM n.status
+               OR o.attempt IS DISTINCT FROM n.attempt
+               OR o.error IS DISTINCT FROM n.error
+               OR o.reason IS DISTINCT FROM n.reason
+               OR o.outputs IS DISTINCT FROM n.outputs
+               OR o.available_at IS DISTINCT FROM n.available_at
+               OR o.cancel_requested IS DISTINCT FROM n.cancel_requested));
+    END IF;
     RETURN NULL;
 END $$;
 
-CREATE FUNCTION pao_notify_step() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION pao_announce_steps() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('pao_changes', 'step:' || NEW.run_id || ':' || NEW.step_id);
+    PERFORM pao_announce('step', array(SELECT DISTINCT run_id || ':' || step_id FROM new_rows));
     RETURN NULL;
 END $$;
 
-CREATE TRIGGER tasks_announce_insert_delete AFTER INSERT OR DELETE ON tasks
-    FOR EACH ROW EXECUTE FUNCTION pao_notify_task();
--- A write that changes nothing (the same values) is not a change.
+CREATE TRIGGER tasks_announce_insert AFTER INSERT ON tasks
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION pao_announce_tasks();
 CREATE TRIGGER tasks_announce_update AFTER UPDATE ON tasks
-    FOR EACH ROW WHEN (OLD.* IS DISTINCT FROM NEW.*) EXECUTE FUNCTION pao_notify_task();
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION pao_announce_tasks();
+CREATE TRIGGER tasks_announce_delete AFTER DELETE ON tasks
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION pao_announce_tasks();
 
 CREATE TRIGGER runs_announce_insert AFTER INSERT ON runs
-    FOR EACH ROW EXECUTE FUNCTION pao_notify_run();
--- Only what a reader of the run sees: a heartbeat (lease_expires_at) is not a change.
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION pao_announce_runs();
 CREATE TRIGGER runs_announce_update AFTER UPDATE ON runs
-    FOR EACH ROW WHEN (
-        OLD.status IS DISTINCT FROM NEW.status
-        OR OLD.attempt IS DISTINCT FROM NEW.attempt
-        OR OLD.error IS DISTINCT FROM NEW.error
-        OR OLD.reason IS DISTINCT FROM NEW.reason
-        OR OLD.outputs IS DISTINCT FROM NEW.outputs
-        OR OLD.available_at IS DISTINCT FROM NEW.available_at
-        OR OLD.cancel_requested IS DISTINCT FROM NEW.cancel_requested
-    ) EXECUTE FUNCTION pao_notify_run();
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION pao_announce_runs();
 
-CREATE TRIGGER run_steps_announce AFTER INSERT OR UPDATE ON run_steps
-    FOR EACH ROW EXECUTE FUNCTION pao_notify_step();
+CREATE TRIGGER run_steps_announce_insert AFTER INSERT ON run_steps
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION pao_announce_steps();
+CREATE TRIGGER run_steps_announce_update AFTER UPDATE ON run_steps
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION pao_announce_steps();

@@ -298,7 +298,11 @@ class Executor:
                     raise StepError(f"{step.uses}: the rendered 'with' {problem}", retryable=False)
             if step.server == BUILTIN_SERVER:
                 # A built-in's output is made of its arguments, which were checked (at save, or above).
-                output = await self._interruptible(handle, step, self._call(step, arguments))
+                builtin = BUILTINS.get(step.tool)
+                if builtin is not None and not builtin.waits:
+                    output = await self._call(step, arguments)
+                else:
+                    output = await self._interruptible(handle, step, self._call(step, arguments))
             else:
                 # A call still going after RUNNING_MARK_DELAY shows as running in get_run. A quick one
                 # never gets that row: its outcome is its only write (or rides on the run's end).
