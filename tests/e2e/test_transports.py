@@ -81,7 +81,7 @@ async def ok(client: Client, tool: str, arguments: dict[str, Any], **kw: Any) ->
     return result.structured_content
 
 
-@pytest.mark.parametrize("kind", ["stdio", "sse", "http"])
+@pytest.mark.parametrize("kind", ["stdio", "stdio-legacy", "sse", "http", "http-legacy"])
 async def test_live_updates_progress_and_cancel_in_flight(
     database_url: str, mcp_config: Path, tmp_path: Path, kind: str
 ) -> None:
@@ -97,7 +97,9 @@ async def test_live_updates_progress_and_cancel_in_flight(
     async def on_progress(p: float, _total: float | None, _message: str | None) -> None:
         progress.append(p)
 
-    legacy = kind == "sse"  # the SSE transport speaks the handshake-era protocol
+    # The SSE transport speaks the handshake-era protocol; "-legacy" pins it on the others.
+    legacy = kind == "sse" or kind.endswith("-legacy")
+    kind = kind.removesuffix("-legacy")
     options: dict[str, Any] = {"mode": "legacy", "message_handler": on_message} if legacy else {}
     with anyio.fail_after(90):
         async with connect(kind, params, **options) as client:
