@@ -92,7 +92,7 @@ async def list_runs(
 
 
 async def cancel_run(db: asyncpg.Pool, caller: Agent, run_id: UUID) -> Run:
-    """Cancel a queued run, or stop a running one between steps (it then ends as `cancelled`)."""
+    """Cancel a queued run, or stop a running one, its step in flight included (it then ends as `cancelled`)."""
     async with db.acquire() as conn, conn.transaction():
         row = await run_store.cancel(conn, run_id, f"cancelled by {caller.name} (cancel_run)")
         await audit_store.record(

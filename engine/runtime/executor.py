@@ -129,7 +129,7 @@ class _Interrupted(Exception):
 
 
 class StepCancelled(Exception):
-    """cancel_run arrived while a step was in flight; the step was stopped."""
+    """The run was cancelled while a step was in flight; the step was stopped."""
 
     def __init__(self, record: StepRecord) -> None:
         super().__init__("cancelled while running")
@@ -223,7 +223,8 @@ class Executor:
                     RunStatus.CANCELLED,
                     None,
                     _scrub(saved, secrets.used_values()),
-                    reason=f"cancelled by cancel_run while step {step.id!r} ({step.uses}) was running",
+                    # The reason stays the canceller's (cancel_run, cancel_task, cancel_previous).
+                    reason=None,
                     step_record=stopped.record,
                 )
                 return Outcome.CANCELLED
@@ -331,7 +332,7 @@ class Executor:
                     StepStatus.CANCELLED,
                     arguments,
                     None,
-                    "stopped by cancel_run while running",
+                    "stopped while running: the run was cancelled",
                     started,
                     t0,
                     secrets,

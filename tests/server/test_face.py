@@ -183,6 +183,7 @@ async def test_cancel_run_stops_a_running_sleep_within_a_second_and_timeouts_hol
         assert run["status"] == "cancelled", run
         assert time.monotonic() - t0 < 1.0
         assert run["steps"][-1]["status"] == "cancelled"
+        assert "(cancel_run)" in (run["reason"] or ""), run  # who cancelled, as they said it
         other = await ok(client, "run_now", {"task_id": good["task"]["id"], "wait": 10})
         assert other["status"] == "succeeded" and other["run"]["outputs"] == {}
         t0 = time.monotonic()
