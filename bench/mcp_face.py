@@ -161,6 +161,7 @@ async def main() -> None:
     parser.add_argument("--before", help="a checkout of the code to compare with (with its own .venv)")
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--calls", type=int, default=50)
+    parser.add_argument("--latency-rounds", type=int, default=3)
     args = parser.parse_args()
     admin = os.environ["DATABASE_URL"]
     name = await new_db(admin)
@@ -196,14 +197,20 @@ async def main() -> None:
             before_env = {**env, "DATABASE_URL": with_database(admin, before_db)}
             python = str(Path(args.before) / ".venv" / "bin" / "python")
             trees.insert(0, ("before", python, Path(args.before), before_env))
-        print("tool calls over streamable HTTP        p50 ms   p99 ms")
+        print(f"tool calls over streamable HTTP, median of {args.latency_rounds} alternating rounds   p50 ms   p99 ms")
         for clients in (1, 16):
-            for label, python, tree, tree_env in trees:
-                with serving(python, tree, tree_env, port):
-                    lat = await call_latency(mcp_url, clients, args.calls)
-                for tool, values in lat.items():
-                    p50, p99 = statistics.median(values), pct(values, 0.99)
-                    print(f"  {label:6} {tool:12} {clients:2} client(s) {p50:6.2f}   {p99:6.2f}")
+            results: dict[tuple[str, str], list[tuple[float, float]]] = {}
+            for round_ in range(args.latency_rounds):
+                order = trees if round_ % 2 == 0 else list(reversed(trees))
+                for label, python, tree, tree_env in order:
+                    with serving(python, tree, tree_env, port):
+                        lat = await call_latency(mcp_url, clients, args.calls)
+                    for tool, values in lat.items():
+                        results.setdefault((label, tool), []).append((statistics.median(values), pct(values, 0.99)))
+            for (label, tool), rows in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0] != "before")):
+                p50 = statistics.median(r[0] for r in rows)
+                p99 = statistics.median(r[1] for r in rows)
+                print(f"  {label:6} {tool:12} {clients:2} client(s)                          {p50:6.2f}   {p99:6.2f}")
     finally:
         for db_name in dropped:
             await drop_db(admin, db_name)
