@@ -207,9 +207,9 @@ async def main() -> None:
                         lat = await call_latency(mcp_url, clients, args.calls)
                     for tool, values in lat.items():
                         results.setdefault((label, tool), []).append((statistics.median(values), pct(values, 0.99)))
-            for (label, tool), rows in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0] != "before")):
-                p50 = statistics.median(r[0] for r in rows)
-                p99 = statistics.median(r[1] for r in rows)
+            for (label, tool), measured in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0] != "before")):
+                p50 = statistics.median(r[0] for r in measured)
+                p99 = statistics.median(r[1] for r in measured)
                 print(f"  {label:6} {tool:12} {clients:2} client(s)                          {p50:6.2f}   {p99:6.2f}")
     finally:
         for db_name in dropped:
