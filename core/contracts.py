@@ -15,8 +15,15 @@ CANCEL_CHANNEL: Final = "pao_cancel"
 """cancel_run on a running run; the payload is the run id."""
 TASKS_CHANNEL: Final = "pao_tasks"
 """A task was created or changed: schedulers re-read when to wake."""
+CHANGES_CHANNEL: Final = "pao_changes"
+"""Any visible change of a task, run or step (database triggers): MCP subscriptions are fed from it."""
 
-CHANNELS: Final = {"RUNS_CHANNEL": RUNS_CHANNEL, "CANCEL_CHANNEL": CANCEL_CHANNEL, "TASKS_CHANNEL": TASKS_CHANNEL}
+CHANNELS: Final = {
+    "RUNS_CHANNEL": RUNS_CHANNEL,
+    "CANCEL_CHANNEL": CANCEL_CHANNEL,
+    "TASKS_CHANNEL": TASKS_CHANNEL,
+    "CHANGES_CHANNEL": CHANGES_CHANNEL,
+}
 
 BUILTIN_SERVER: Final = "pao"
 """The reserved downstream server name of built-in steps (`pao.noop`, `pao.sleep`, ...)."""

@@ -95,3 +95,13 @@ class Outcome(StrEnum):
     CANCELLED = "cancelled"
     LOST = "lost"  # the lease went to another worker; this copy stopped without writing
     CRASHED = "crashed"  # a bug in the executor; the lease expiry re-queues the run
+
+
+class ChangeKind(StrEnum):
+    """What a change announced on the changes channel is about (its payload's prefix)."""
+
+    TASK_CREATED = "task+"
+    TASK_CHANGED = "task"
+    TASK_DELETED = "task-"
+    RUN = "run"
+    STEP = "step"

@@ -6,10 +6,11 @@ The door of the engine: the server imports only the names below.
 
 from __future__ import annotations
 
-from pao_orchestrator.engine.app import Engine, migrate_database, open_engine
+from pao_orchestrator.engine.app import MAX_WAIT_SECONDS, Engine, migrate_database, open_engine
+from pao_orchestrator.engine.changes import Change, ChangeFeed
 from pao_orchestrator.engine.doctor import Check, CheckStatus, diagnose, render_checks
 from pao_orchestrator.engine.lifecycle import CancelledTask, FireInstant, SchedulePreview, TaskChange
-from pao_orchestrator.engine.models import DEFAULT_TIMEZONE, Agent, Run, RunStep, Task, TaskSpec
+from pao_orchestrator.engine.models import DEFAULT_TIMEZONE, Agent, Run, RunStep, RunSummary, Task, TaskSpec
 from pao_orchestrator.engine.schedule import MAX_PREVIEW
 from pao_orchestrator.engine.settings import Settings
 from pao_orchestrator.engine.tasks import CreatedTask
@@ -17,8 +18,11 @@ from pao_orchestrator.engine.tasks import CreatedTask
 __all__ = [
     "DEFAULT_TIMEZONE",
     "MAX_PREVIEW",
+    "MAX_WAIT_SECONDS",
     "Agent",
     "CancelledTask",
+    "Change",
+    "ChangeFeed",
     "Check",
     "CheckStatus",
     "CreatedTask",
@@ -26,6 +30,7 @@ __all__ = [
     "FireInstant",
     "Run",
     "RunStep",
+    "RunSummary",
     "SchedulePreview",
     "Settings",
     "Task",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -21,8 +21,9 @@ from pao_orchestrator.contracts import BUILTIN_SERVER
 from pao_orchestrator.engine import lifecycle
 from pao_orchestrator.engine import runs as run_service
 from pao_orchestrator.engine import tasks as task_service
+from pao_orchestrator.engine.changes import Change, ChangeFeed
 from pao_orchestrator.engine.downstream import DownstreamPool, Registry, load_registry
-from pao_orchestrator.engine.models import Agent, Run, Task
+from pao_orchestrator.engine.models import Agent, Run, RunStep, RunSummary, Task
 from pao_orchestrator.engine.runtime import (
     BUILTINS,
     Executor,
@@ -38,9 +39,17 @@ from pao_orchestrator.metrics import Metrics
 from pao_orchestrator.store import DATABASE_ERRORS, migrate, open_database, schema_version
 from pao_orchestrator.store import agents as agent_store
 from pao_orchestrator.store import runs as run_store
-from pao_orchestrator.vocabulary import RunStatus, ScheduleKind, TaskStatus
+from pao_orchestrator.vocabulary import ChangeKind, RunStatus, ScheduleKind, StepStatus, TaskStatus
 
 log = logging.getLogger(__name__)
+
+MAX_WAIT_SECONDS = 60.0
+"""The longest run_now and get_run wait for a run to finish (a tool call should not hang forever)."""
+FINISHED_STEP = frozenset({StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.CANCELLED, StepStatus.SKIPPED})
+# While a run is waited for, it is re-read at least this often, in case a notification was lost
+# (the LISTEN connection is re-made after a Postgres restart).
+WAIT_RECHECK_SECONDS = 5.0
+StepReport = Callable[[RunStep, int, int], Awaitable[None]]
 
 
 def utcnow() -> datetime:
@@ -79,10 +88,12 @@ class Engine:
         scheduler: Scheduler | None = None,
         metrics: Metrics | None = None,
         pruner: Pruner | None = None,
+        changes: ChangeFeed | None = None,
     ) -> None:
         self.pruner = pruner
         self.settings = settings
         self.metrics = metrics or Metrics()
+        self.changes = changes
         self.db = db
         self.tools = tools
         self.owner = owner
@@ -93,14 +104,20 @@ class Engine:
     async def create_task(self, caller: Agent, arguments: dict[str, Any]) -> task_service.CreatedTask:
         return await task_service.create_task(self.db, self.tools, caller, arguments, clock=self.clock)
 
-    async def get_task(self, task_id: UUID) -> Task:
-        return await task_service.get_task(self.db, task_id)
+    async def get_task(self, task_id: UUID, *, caller: Agent | None = None) -> Task:
+        return await task_service.get_task(self.db, task_id, caller=caller)
 
     async def list_tasks(
-        self, *, status: TaskStatus | None, schedule_kind: ScheduleKind | None, limit: int, cursor: str | None
+        self,
+        *,
+        status: TaskStatus | None = None,
+        schedule_kind: ScheduleKind | None = None,
+        limit: int,
+        cursor: str | None,
+        caller: Agent | None = None,
     ) -> tuple[list[Task], str | None]:
         return await task_service.list_tasks(
-            self.db, status=status, schedule_kind=schedule_kind, limit=limit, cursor=cursor
+            self.db, status=status, schedule_kind=schedule_kind, limit=limit, cursor=cursor, caller=caller
         )
 
     async def update_task(self, caller: Agent, task_id: UUID, changes: dict[str, Any]) -> lifecycle.TaskChange:
@@ -142,13 +159,70 @@ class Engine:
     async def cancel_run(self, caller: Agent, run_id: UUID) -> Run:
         return await run_service.cancel_run(self.db, caller, run_id)
 
-    async def get_run(self, run_id: UUID) -> Run:
-        return await run_service.get_run(self.db, run_id)
+    async def get_run(self, run_id: UUID, *, caller: Agent | None = None) -> Run:
+        return await run_service.get_run(self.db, run_id, caller=caller)
+
+    async def get_step(self, run_id: UUID, step_id: str, *, caller: Agent | None = None) -> RunStep:
+        return await run_service.get_step(self.db, run_id, step_id, caller=caller)
+
+    async def wait_for_run(
+        self,
+        run_id: UUID,
+        *,
+        timeout: float,
+        on_step: StepReport | None = None,
+        caller: Agent | None = None,
+    ) -> Run:
+        """The run once it has left queued and running, or as it is after `timeout` seconds (at most
+        MAX_WAIT_SECONDS). `on_step(step, finished, total)` is awaited once per step that finishes
+        meanwhile. Woken by the change feed, not by polling."""
+        if self.changes is None:
+            raise RuntimeError("this engine was opened without a change feed")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(max(timeout, 0.0), MAX_WAIT_SECONDS)
+        changed = asyncio.Event()
+
+        def on_change(change: Change) -> None:
+            if change.id == run_id and change.kind in (ChangeKind.RUN, ChangeKind.STEP):
+                changed.set()
+
+        unsubscribe = self.changes.subscribe(on_change)
+        reported: set[tuple[int, int]] = set()
+        total: int | None = None
+        try:
+            await self.changes.ready(timeout=max(0.0, deadline - loop.time()))
+            while True:
+                changed.clear()
+                run = await self.get_run(run_id, caller=caller)
+                if on_step is not None:
+                    if total is None:
+                        task = await self.get_task(run.task_id, caller=caller)
+                        total = len(task.payload.get("pipeline", []))
+                    for step in run.steps:
+                        key = (step.attempt, step.step_index)
+                        if step.status in FINISHED_STEP and key not in reported:
+                            reported.add(key)
+                            await on_step(step, len(reported), total)
+                remaining = deadline - loop.time()
+                if run.status not in (RunStatus.QUEUED, RunStatus.RUNNING) or remaining <= 0:
+                    return run
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), min(remaining, WAIT_RECHECK_SECONDS))
+        finally:
+            unsubscribe()
 
     async def list_runs(
-        self, *, task_id: UUID | None, status: RunStatus | None, limit: int, cursor: str | None
-    ) -> tuple[list[Run], str | None]:
-        return await run_service.list_runs(self.db, task_id=task_id, status=status, limit=limit, cursor=cursor)
+        self,
+        *,
+        task_id: UUID | None = None,
+        status: RunStatus | None = None,
+        limit: int,
+        cursor: str | None,
+        caller: Agent | None = None,
+    ) -> tuple[list[RunSummary], str | None]:
+        return await run_service.list_runs(
+            self.db, task_id=task_id, status=status, limit=limit, cursor=cursor, caller=caller
+        )
 
     async def downstream_catalog(self, server: str | None) -> dict[str, Any]:
         """Every tool a pipeline step may use, per server, with schemas; built-ins under `pao`."""
@@ -299,7 +373,9 @@ async def open_engine(
         if run_worker:
             pruner = Pruner(db, retention_policy(settings), metrics=metrics)
             background.append(asyncio.create_task(pruner.run(), name="retention"))
-        engine = Engine(settings, db, tools, owner, worker, scheduler, metrics, pruner)
+        changes = ChangeFeed(dsn)
+        stack.push_async_callback(changes.aclose)
+        engine = Engine(settings, db, tools, owner, worker, scheduler, metrics, pruner, changes)
         try:
             yield engine
         finally:

@@ -32,27 +32,49 @@ class TaskSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    title: str = Field(min_length=1, max_length=200)
-    description: str = Field(default="", max_length=10_000)
-    schedule_kind: ScheduleKind
-    schedule_expr: str = Field(min_length=1, max_length=2000)
-    timezone: str = DEFAULT_TIMEZONE
-    payload: Payload
+    title: str = Field(min_length=1, max_length=200, description="Short name.")
+    description: str = Field(default="", max_length=10_000, description="Free text for people.")
+    schedule_kind: ScheduleKind = Field(description="How schedule_expr is read.")
+    schedule_expr: str = Field(
+        min_length=1,
+        max_length=2000,
+        description="cron: '30 8 * * 1-5' (6 fields: seconds first); rrule: RFC 5545 "
+        "'FREQ=WEEKLY;BYDAY=MO;BYHOUR=8', optional DTSTART line; once: ISO 8601 instant or local "
+        "date-time; event: topic pattern; condition: poll interval.",
+    )
+    timezone: str = Field(default=DEFAULT_TIMEZONE, description="IANA zone the schedule is read in.")
+    payload: Payload = Field(description="{pipeline: [step, ...], on_failure?: [step, ...]}, at most 256 KiB of JSON.")
     # Numbers are strict: "5" and true are refused, not read as 5 and 1 (an agent that sends a string
     # has a bug worth hearing about); a float field takes an integer, and never NaN or Infinity.
-    priority: StrictInt = Field(default=5, ge=1, le=9)
-    dedupe_key: str | None = Field(default=None, max_length=500)
-    dedupe_window_seconds: StrictInt = Field(default=0, ge=0, le=31_536_000)
-    max_retries: StrictInt = Field(default=3, ge=0, le=100)
-    backoff_strategy: BackoffStrategy = BackoffStrategy.EXPONENTIAL_JITTER
-    backoff_base_seconds: StrictFloat = Field(default=2.0, ge=0, le=3600, allow_inf_nan=False)
-    backoff_max_seconds: StrictFloat = Field(default=300.0, ge=0, le=86_400, allow_inf_nan=False)
-    concurrency_key: str | None = Field(default=None, max_length=500)
-    misfire_policy: MisfirePolicy = MisfirePolicy.RUN_ONCE
-    misfire_grace_seconds: StrictInt = Field(default=3600, ge=0, le=31_536_000)
-    overlap_policy: OverlapPolicy = OverlapPolicy.SKIP
+    priority: StrictInt = Field(default=5, ge=1, le=9, description="1 most urgent.")
+    dedupe_key: str | None = Field(
+        default=None,
+        max_length=500,
+        description="Template; a run with a key already active (or in the window) is skipped.",
+    )
+    dedupe_window_seconds: StrictInt = Field(
+        default=0, ge=0, le=31_536_000, description="0: only while queued or running."
+    )
+    max_retries: StrictInt = Field(default=3, ge=0, le=100, description="Retries of a failed run.")
+    backoff_strategy: BackoffStrategy = Field(
+        default=BackoffStrategy.EXPONENTIAL_JITTER, description="Delay between retries."
+    )
+    backoff_base_seconds: StrictFloat = Field(
+        default=2.0, ge=0, le=3600, allow_inf_nan=False, description="First delay."
+    )
+    backoff_max_seconds: StrictFloat = Field(default=300.0, ge=0, le=86_400, allow_inf_nan=False, description="Cap.")
+    concurrency_key: str | None = Field(
+        default=None, max_length=500, description="Template; runs with equal keys never overlap."
+    )
+    misfire_policy: MisfirePolicy = Field(default=MisfirePolicy.RUN_ONCE, description="Fires missed while down.")
+    misfire_grace_seconds: StrictInt = Field(
+        default=3600, ge=0, le=31_536_000, description="run_once runs a missed fire this recent."
+    )
+    overlap_policy: OverlapPolicy = Field(
+        default=OverlapPolicy.SKIP, description="A fire while the previous run is active."
+    )
     pause_after_failures: StrictInt | None = Field(
-        default=None, ge=1, le=1000, description="Pause the task after this many consecutive failed runs."
+        default=None, ge=1, le=1000, description="Pause after this many failed runs in a row."
     )
 
     @field_validator("schedule_expr")
@@ -118,8 +140,8 @@ class RunStep(BaseModel):
     duration_ms: float | None = None
 
 
-class Run(BaseModel):
-    """One execution of a task's pipeline."""
+class RunSummary(BaseModel):
+    """One execution of a task's pipeline, without its steps (a row of list_runs)."""
 
     id: UUID
     task_id: UUID
@@ -140,6 +162,11 @@ class Run(BaseModel):
     reason: str | None
     outputs: dict[str, Any] | None
     created_at: datetime
+
+
+class Run(RunSummary):
+    """One execution of a task's pipeline, with every step of every attempt."""
+
     steps: list[RunStep] = Field(default_factory=list)
 
 

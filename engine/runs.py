@@ -8,10 +8,10 @@ from uuid import UUID
 
 import asyncpg
 
-from pao_orchestrator.engine.models import Agent, Run, RunStep
+from pao_orchestrator.engine.models import Agent, Run, RunStep, RunSummary
 from pao_orchestrator.engine.paging import decode_cursor, page
 from pao_orchestrator.engine.runtime import enqueue
-from pao_orchestrator.errors import Conflict
+from pao_orchestrator.errors import Conflict, NotFound
 from pao_orchestrator.store import RunRecord, StepRow
 from pao_orchestrator.store import audit as audit_store
 from pao_orchestrator.store import runs as run_store
@@ -52,25 +52,47 @@ def to_run(row: RunRecord, steps: list[StepRow] | None = None) -> Run:
     return Run.model_validate({**row.as_dict(), "steps": [RunStep.model_validate(s.as_dict()) for s in steps or []]})
 
 
-async def get_run(db: asyncpg.Pool, run_id: UUID) -> Run:
+def to_summary(row: RunRecord) -> RunSummary:
+    return RunSummary.model_validate(row.as_dict())
+
+
+async def get_run(db: asyncpg.Pool, run_id: UUID, *, caller: Agent | None = None) -> Run:
+    """One run with every step of every attempt. `caller`: who reads (reads are not scoped to it yet)."""
     async with db.acquire() as conn:
         row = await run_store.get(conn, run_id)
         steps = await step_store.of_run(conn, run_id)
     return to_run(row, steps)
 
 
+async def get_step(db: asyncpg.Pool, run_id: UUID, step_id: str, *, caller: Agent | None = None) -> RunStep:
+    """The newest attempt of one step of a run, in full."""
+    async with db.acquire() as conn:
+        await run_store.get(conn, run_id)  # NotFound names the run when it is the run that is missing
+        steps = [s for s in await step_store.of_run(conn, run_id) if s.step_id == step_id]
+    if not steps:
+        raise NotFound(f"run {run_id} has no recorded step {step_id!r} (yet)")
+    newest = max(steps, key=lambda s: (s.attempt, s.started_at))
+    return RunStep.model_validate(newest.as_dict())
+
+
 async def list_runs(
-    db: asyncpg.Pool, *, task_id: UUID | None, status: RunStatus | None, limit: int, cursor: str | None
-) -> tuple[list[Run], str | None]:
+    db: asyncpg.Pool,
+    *,
+    task_id: UUID | None,
+    status: RunStatus | None,
+    limit: int,
+    cursor: str | None,
+    caller: Agent | None = None,
+) -> tuple[list[RunSummary], str | None]:
     before = decode_cursor(cursor)
     async with db.acquire() as conn:
         rows = await run_store.list_page(conn, task_id=task_id, status=status, before=before, limit=limit + 1)
     rows, next_cursor = page(rows, limit)
-    return [to_run(r) for r in rows], next_cursor
+    return [to_summary(r) for r in rows], next_cursor
 
 
 async def cancel_run(db: asyncpg.Pool, caller: Agent, run_id: UUID) -> Run:
-    """Cancel a queued run, or stop a running one between steps (it then ends as `cancelled`)."""
+    """Cancel a queued run, or stop a running one, its step in flight included (it then ends as `cancelled`)."""
     async with db.acquire() as conn, conn.transaction():
         row = await run_store.cancel(conn, run_id, f"cancelled by {caller.name} (cancel_run)")
         await audit_store.record(

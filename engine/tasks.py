@@ -174,6 +174,9 @@ async def check_pipeline(payload: Payload, catalog: ToolCatalog, *, probe_timeou
                 f"{path}.with",
                 f"'{step.uses}' requires {', '.join(repr(m) for m in missing)} (its arguments: {props})",
             )
+        literal_problem = check_literals(step.uses, schema, step.with_)
+        if literal_problem is not None:
+            raise InvalidArgument(f"{path}.with", literal_problem)
         if schema.get("additionalProperties") is False:
             extra = sorted(set(step.with_) - set(schema.get("properties", {})))
             if extra:
@@ -183,6 +186,26 @@ async def check_pipeline(payload: Payload, catalog: ToolCatalog, *, probe_timeou
                     f"its arguments: {', '.join(sorted(schema.get('properties', {})))}",
                 )
     return warnings
+
+
+def check_literals(uses: str, schema: dict[str, Any], arguments: dict[str, Any]) -> str | None:
+    """What is wrong with the literal (untemplated) arguments of a step under the tool's schema, or None.
+
+    Only literal values are final at save time; a templated one is checked when it is rendered.
+    """
+    properties = schema.get("properties")
+    if not isinstance(properties, dict):
+        return None
+    literal = {k: v for k, v in arguments.items() if k in properties and not templating.is_templated(v)}
+    if not literal:
+        return None
+    partial = {key: value for key, value in schema.items() if key not in ("required", "additionalProperties")}
+    partial["properties"] = {k: properties[k] for k in literal}
+    try:
+        validate_arguments(uses, partial, literal)
+    except StepError as exc:
+        return str(exc)
+    return None
 
 
 def schedule_anchor(now: datetime) -> datetime:
@@ -236,7 +259,8 @@ async def create_task(
     return CreatedTask(task=task, warnings=warnings)
 
 
-async def get_task(db: asyncpg.Pool, task_id: UUID) -> Task:
+async def get_task(db: asyncpg.Pool, task_id: UUID, *, caller: Agent | None = None) -> Task:
+    """One task. `caller` is who reads (None: the local owner); reads are not scoped to it yet."""
     async with db.acquire() as conn:
         return to_task(await task_store.get(conn, task_id))
 
@@ -248,7 +272,9 @@ async def list_tasks(
     schedule_kind: ScheduleKind | None,
     limit: int,
     cursor: str | None,
+    caller: Agent | None = None,
 ) -> tuple[list[Task], str | None]:
+    """Tasks newest first, a page at a time. `caller`: who reads (not scoped to it yet)."""
     before = decode_cursor(cursor)
     async with db.acquire() as conn:
         rows = await task_store.list_page(

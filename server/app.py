@@ -9,6 +9,7 @@ from typing import Any
 
 import uvicorn
 from mcp.server.mcpserver import MCPServer
+from mcp_types import ListResourcesResult
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -18,29 +19,54 @@ from pao_orchestrator import __version__
 from pao_orchestrator.contracts import APP_NAME
 from pao_orchestrator.engine import Agent, Engine
 from pao_orchestrator.metrics import CONTENT_TYPE_LATEST
+from pao_orchestrator.server.face import serve_legacy_subscriptions, serve_paged_resource_list
+from pao_orchestrator.server.live import LegacySubscriptions, LiveBus
+from pao_orchestrator.server.prompts import register_prompts
+from pao_orchestrator.server.resources import list_resources_page, register_resources
 from pao_orchestrator.server.stdio import interruptible_stdin
 from pao_orchestrator.server.tools import register_tools
+from pao_orchestrator.server.toolset import ToolSet
 
 log = logging.getLogger(__name__)
 
 INSTRUCTIONS = """\
 A durable scheduler. Create tasks that fire on a cron or RFC 5545 schedule, or once; each run executes a
 pipeline of tool calls on the servers listed by list_downstream_tools. Start with preview_schedule to
-check a schedule, create_task to save it, run_now to try it, and get_run / list_runs to read what
-happened."""
+check a schedule, create_task to save it, run_now (with wait) to try it, and get_run / list_runs to read
+what happened. Tasks and runs are also resources (pao://tasks/{id}, pao://runs/{id}) you can subscribe to."""
 
 
 def create_server(engine: Engine, *, caller: Agent | None = None) -> MCPServer[Any]:
-    """An MCPServer bound to a running engine; tool calls act as `caller` (default: the local owner)."""
+    """An MCPServer bound to a running engine; tool calls act as `caller` (default: the local owner).
+
+    Called on the running event loop: it subscribes the server's bus to the engine's change feed."""
+    agent = caller or engine.owner
+
+    def who() -> Agent:
+        return agent
+
+    tools = ToolSet()
+    reads = register_tools(tools, engine, who)
+    bus = LiveBus()
     mcp: MCPServer[Any] = MCPServer(
         name=APP_NAME,
         title="Personal Agent Orchestrator",
         instructions=INSTRUCTIONS,
         version=__version__,
         log_level=engine.settings.log_level.upper(),  # type: ignore[arg-type]
+        tools=list(tools.tools.values()),
+        subscriptions=bus,
     )
-    agent = caller or engine.owner
-    register_tools(mcp, engine, lambda: agent)
+    register_resources(mcp, engine, who, reads.health, reads.downstream)
+    register_prompts(mcp, engine, who)
+
+    async def list_page(cursor: str | None) -> ListResourcesResult:
+        return await list_resources_page(engine, who(), cursor, await mcp.list_resources())
+
+    serve_paged_resource_list(mcp, list_page)
+    serve_legacy_subscriptions(mcp, LegacySubscriptions(bus))
+    if engine.changes is not None:
+        engine.changes.subscribe(bus.on_change)
 
     async def health(_request: Request) -> Response:
         return JSONResponse({"status": "ok"})

@@ -23,15 +23,23 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 READ = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
+# Lists the tools of downstream servers: starts them, and what they say comes from outside.
+READ_OPEN = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=True)
 WRITE = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False)
+# Saving a task starts the downstream servers its pipeline names, to check their tools' schemas.
+CREATE = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=True)
+# update_task overwrites a pipeline (and probes downstream servers like create_task).
+OVERWRITE = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=True)
+# run_now executes a pipeline: any downstream tool, with any effect. Not harmless, not closed-world.
+RUN = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=True)
 CANCEL = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False)
 # Pausing a paused task or resuming an active one changes nothing: say so to clients that retry.
 STATE = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
 
-TaskId = Annotated[UUID, Field(description="The task's id, as create_task or list_tasks returned it.")]
-RunId = Annotated[UUID, Field(description="The run's id, as run_now or list_runs returned it.")]
-Limit = Annotated[int, Strict(), Field(ge=1, le=200, description="Page size, 1..200.")]
-Cursor = Annotated[str | None, Field(description="next_cursor from the previous page; omit for the first page.")]
+TaskId = Annotated[UUID, Field(description="The task's id.")]
+RunId = Annotated[UUID, Field(description="The run's id.")]
+Limit = Annotated[int, Strict(), Field(ge=1, le=200, description="Page size.")]
+Cursor = Annotated[str | None, Field(description="next_cursor of the previous page.")]
 
 
 def tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:

@@ -9,18 +9,32 @@ model.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from mcp.server.mcpserver import MCPServer
-from pydantic import BaseModel, Field
+from mcp.server.mcpserver import Context
+from pydantic import BaseModel, Field, Strict
 
-from pao_orchestrator.engine import Agent, Engine, Run, Task, TaskSpec
-from pao_orchestrator.server.metadata import CANCEL, READ, WRITE, Cursor, Limit, RunId, TaskId, tool_errors
+from pao_orchestrator.engine import MAX_WAIT_SECONDS, Agent, Engine, Run, RunStep, RunSummary, Task, TaskSpec
+from pao_orchestrator.server.metadata import (
+    CANCEL,
+    CREATE,
+    READ,
+    READ_OPEN,
+    RUN,
+    Cursor,
+    Limit,
+    RunId,
+    TaskId,
+    tool_errors,
+)
+from pao_orchestrator.server.resources import bounded_run
 from pao_orchestrator.server.schedule_tools import register_schedule_tools
 from pao_orchestrator.server.signatures import model_parameters, with_signature
-from pao_orchestrator.vocabulary import RunStatus, ScheduleKind, TaskStatus
+from pao_orchestrator.server.toolset import ToolSet
+from pao_orchestrator.vocabulary import RunStatus, ScheduleKind, StepStatus, TaskStatus
 
 
 class CreateTaskResult(BaseModel):
@@ -35,12 +49,13 @@ class TaskList(BaseModel):
 
 class RunNowResult(BaseModel):
     run_id: UUID
-    status: RunStatus = Field(description="'queued', or 'skipped' when the task's dedupe rule suppressed it.")
+    status: RunStatus = Field(description="queued/running if not waited for (or still going); skipped if deduplicated.")
     reason: str | None
+    run: Run | None = Field(default=None, description="The run as get_run shows it, when waited for.")
 
 
 class RunList(BaseModel):
-    runs: list[Run]
+    runs: list[RunSummary]
     next_cursor: str | None
 
 
@@ -72,120 +87,131 @@ class Health(BaseModel):
     downstream_servers: list[str]
 
 
-def register_tools(mcp: MCPServer[Any], engine: Engine, caller: Callable[[], Agent]) -> None:
-    """Register every tool on `mcp`, bound to `engine`; `caller` names the agent making the call."""
+Wait = Annotated[
+    float,
+    Strict(False),
+    Field(ge=0, le=MAX_WAIT_SECONDS, description=f"Seconds to wait for the run to finish, 0..{MAX_WAIT_SECONDS:g}."),
+]
+
+
+@dataclass(frozen=True)
+class Reads:
+    """The reads the fixed resources share with their tools (the same JSON)."""
+
+    health: Callable[[], Awaitable[Health]]
+    downstream: Callable[[], Awaitable[DownstreamTools]]
+
+
+def register_tools(tools: ToolSet, engine: Engine, caller: Callable[[], Agent]) -> Reads:
+    """Register every tool on `tools`, bound to `engine`; `caller` names the agent making the call."""
 
     async def create_task(**arguments: Any) -> CreateTaskResult:
-        """Create a scheduled task: a schedule plus a pipeline of tool calls that each run executes.
+        """Save a schedule and a pipeline of tool calls; each run executes the pipeline.
 
-        schedule_kind / schedule_expr:
-          - cron: 5 fields 'min hour dom month dow' (e.g. '30 8 * * 1-5'), or 6 fields with seconds first
-            ('*/10 * * * * *'); evaluated in `timezone`.
-          - rrule: RFC 5545, e.g. 'FREQ=WEEKLY;BYDAY=MO,WE;BYHOUR=8;BYMINUTE=30', optionally with a
-            'DTSTART;TZID=...:YYYYMMDDTHHMMSS' line; COUNT and UNTIL are honoured.
-          - once: an ISO 8601 instant ('2026-12-01T08:30:00+02:00') or a local date-time read in `timezone`.
-          - event (a topic pattern) and condition (a poll interval) are accepted and stored, but this
-            version does not fire them yet: use run_now to run such a task.
-        Wall-clock times that do not exist (spring forward) fire at the same offset after the gap; times that
-        occur twice (fall back) fire once, at the first occurrence. Use preview_schedule to check first.
-
-        payload: {"pipeline": [step, ...]}. Each step is {"id", "uses": "<server>.<tool>", "with": {...},
-        "save_as"?, "timeout_seconds"?}. 'uses' names a server from mcp.json (see list_downstream_tools) or a
-        built-in: pao.noop, pao.sleep. Values in 'with' may use templates:
-        '${steps.<id>.<field>}' reads an earlier step's output, '${<save_as>}' a saved value,
-        '${trigger.scheduled_for}', '${event.data...}', '${task.title}', '${run.id}', '${now}',
-        '${secrets.NAME}' (from the orchestrator's PAO_SECRET_NAME). A value that is exactly one '${...}' keeps
-        its type (number, object, list). The pipeline is checked before saving: unknown servers, tools, missing
-        arguments and references to later steps are rejected.
-
-        priority 1 (most urgent) .. 9; dedupe_key (template) with dedupe_window_seconds (0: suppress a run while
-        another with the same key is queued or running); max_retries and backoff_strategy for failed steps;
-        concurrency_key (template): runs with equal keys never overlap; misfire_policy (after downtime: skip,
-        run_once, catch_up) and overlap_policy (when a fire arrives while the previous run is active: skip,
-        queue, cancel_previous, allow).
-
-        Failure handling: payload.on_failure is a list of steps (same shape) run once when a run fails for good,
-        reading '${run.error}' and '${run.id}'; pause_after_failures: N pauses the task after N failed runs in a
-        row (get_task shows paused_reason and paused_at; resume_task clears the pause).
-
-        Returns the stored task with its next fire times, and warnings for anything that could not be checked.
-        """
+        Steps: {id, uses: '<server>.<tool>', with, save_as?, timeout_seconds?}. Checked before saving
+        (servers, tools, argument types, templates); errors name the field. Try schedules with
+        preview_schedule and pipelines with run_now. DST: a skipped wall time fires after the gap, a
+        repeated one fires once. payload.on_failure steps run when a run fails for good (${run.error});
+        pause_after_failures pauses the task after N failures in a row."""
         created = await engine.create_task(caller(), arguments)
         return CreateTaskResult(task=created.task, warnings=created.warnings)
 
     with_signature(create_task, model_parameters(TaskSpec), CreateTaskResult)
-    mcp.add_tool(tool_errors(create_task), name="create_task", annotations=WRITE)
+    tools.add_tool(tool_errors(create_task), name="create_task", title="Create task", annotations=CREATE)
 
-    @mcp.tool(name="get_task", annotations=READ)
+    @tools.tool(name="get_task", title="Get task", annotations=READ)
     @tool_errors
     async def get_task(task_id: TaskId) -> Task:
-        """Get one task: its schedule, pipeline, policies, status and next fire times (in its timezone)."""
-        return await engine.get_task(task_id)
+        """One task: schedule, pipeline, policies, status, next fire times."""
+        return await engine.get_task(task_id, caller=caller())
 
-    @mcp.tool(name="list_tasks", annotations=READ)
+    @tools.tool(name="list_tasks", title="List tasks", annotations=READ)
     @tool_errors
     async def list_tasks(
-        status: TaskStatus | None = None,
-        schedule_kind: ScheduleKind | None = None,
+        status: Annotated[TaskStatus | None, Field(description="Only this status.")] = None,
+        schedule_kind: Annotated[ScheduleKind | None, Field(description="Only this kind.")] = None,
         limit: Limit = 50,
         cursor: Cursor = None,
     ) -> TaskList:
-        """List tasks, newest first, optionally filtered by status (active, paused, completed, cancelled)
-        and schedule_kind. Pages with next_cursor."""
+        """Tasks, newest first."""
         tasks, next_cursor = await engine.list_tasks(
-            status=status, schedule_kind=schedule_kind, limit=limit, cursor=cursor
+            status=status, schedule_kind=schedule_kind, limit=limit, cursor=cursor, caller=caller()
         )
         return TaskList(tasks=tasks, next_cursor=next_cursor)
 
-    @mcp.tool(name="run_now", annotations=WRITE)
+    @tools.tool(name="run_now", title="Run task now", annotations=RUN)
     @tool_errors
-    async def run_now(task_id: TaskId) -> RunNowResult:
-        """Run a task's pipeline now, outside its schedule. Returns at once with the new run's id; follow it
-        with get_run. The task's dedupe rule applies: a duplicate is recorded as 'skipped' with the reason."""
-        run = await engine.run_now(caller(), task_id)
-        return RunNowResult(run_id=run.id, status=run.status, reason=run.reason)
+    async def run_now(task_id: TaskId, ctx: Context, wait: Wait = 0) -> RunNowResult:
+        """Run a task's pipeline now. With wait, return the finished run (progress: one notification per
+        finished step); else return at once. Dedupe applies."""
+        who = caller()
+        started = await engine.run_now(who, task_id)
+        if wait <= 0 or started.status not in (RunStatus.QUEUED, RunStatus.RUNNING):
+            return RunNowResult(run_id=started.id, status=started.status, reason=started.reason)
 
-    @mcp.tool(name="get_run", annotations=READ)
+        async def progress(step: RunStep, finished: int, total: int) -> None:
+            outcome = "succeeded" if step.status == StepStatus.SUCCEEDED else step.status.value
+            await ctx.report_progress(finished, max(total, finished), f"step {step.step_id} {outcome}")
+
+        run = await engine.wait_for_run(started.id, timeout=wait, on_step=progress, caller=who)
+        return RunNowResult(run_id=run.id, status=run.status, reason=run.reason, run=bounded_run(run))
+
+    @tools.tool(name="get_run", title="Get run", annotations=READ)
     @tool_errors
-    async def get_run(run_id: RunId) -> Run:
-        """Get one run: status (queued, running, succeeded, failed, cancelled, skipped), why (reason, error),
-        attempts, the values saved with save_as (outputs), and every step of every attempt with its rendered
-        input, output, error and duration. Secrets are shown as ***."""
-        return await engine.get_run(run_id)
+    async def get_run(
+        run_id: RunId,
+        wait_seconds: Annotated[
+            float,
+            Strict(False),
+            Field(ge=0, le=MAX_WAIT_SECONDS, description="Wait up to this long while it is queued or running."),
+        ] = 0,
+    ) -> Run:
+        """One run: status, reason, error, outputs, every step of every attempt. A step input or output
+        over 16 KB is cut, naming its pao://runs/{run_id}/steps/{step_id} resource."""
+        if wait_seconds > 0:
+            return bounded_run(await engine.wait_for_run(run_id, timeout=wait_seconds, caller=caller()))
+        return bounded_run(await engine.get_run(run_id, caller=caller()))
 
-    @mcp.tool(name="cancel_run", annotations=CANCEL)
+    @tools.tool(name="cancel_run", title="Cancel run", annotations=CANCEL)
     @tool_errors
     async def cancel_run(run_id: RunId) -> Run:
-        """Cancel a run. A queued run is cancelled at once; a running one stops before its next step and ends
-        as 'cancelled' (the step in flight finishes). A finished run is returned unchanged. Idempotent."""
+        """Cancel a run; a running step is stopped within a second. Idempotent."""
         return await engine.cancel_run(caller(), run_id)
 
-    @mcp.tool(name="list_runs", annotations=READ)
+    @tools.tool(name="list_runs", title="List runs", annotations=READ)
     @tool_errors
     async def list_runs(
-        task_id: Annotated[UUID | None, Field(description="Only runs of this task.")] = None,
-        status: RunStatus | None = None,
+        task_id: Annotated[UUID | None, Field(description="Only this task's runs.")] = None,
+        status: Annotated[RunStatus | None, Field(description="Only this status.")] = None,
         limit: Limit = 50,
         cursor: Cursor = None,
     ) -> RunList:
-        """List runs, newest first (without their steps; get_run has them). Skipped runs carry the reason a
-        fire did not execute (missed, overlapping, deduplicated), so this answers "why didn't it run?"."""
-        runs, next_cursor = await engine.list_runs(task_id=task_id, status=status, limit=limit, cursor=cursor)
+        """Runs, newest first, without steps. Skipped runs say why a fire did not run."""
+        runs, next_cursor = await engine.list_runs(
+            task_id=task_id, status=status, limit=limit, cursor=cursor, caller=caller()
+        )
         return RunList(runs=runs, next_cursor=next_cursor)
 
-    @mcp.tool(name="list_downstream_tools", annotations=READ)
+    @tools.tool(name="list_downstream_tools", title="List downstream tools", annotations=READ_OPEN)
     @tool_errors
     async def list_downstream_tools(
-        server: Annotated[str | None, Field(description="Only this server from mcp.json (or 'pao').")] = None,
+        server: Annotated[str | None, Field(description="Only this server (or 'pao').")] = None,
     ) -> DownstreamTools:
-        """List what pipeline steps may 'use': every tool of every server in mcp.json, with input and output
-        schemas, plus the built-in 'pao' steps. A server that cannot start is listed with its error."""
+        """What pipeline steps may use: each mcp.json server's tools with schemas, and the pao built-ins.
+        Starts the servers."""
+        return await downstream(server)
+
+    async def downstream(server: str | None = None) -> DownstreamTools:
         return DownstreamTools.model_validate(await engine.downstream_catalog(server))
 
-    @mcp.tool(name="health", annotations=READ)
+    @tools.tool(name="health", title="Health", annotations=READ)
     @tool_errors
     async def health() -> Health:
-        """Check that the orchestrator is up: database reachable, schema version, runs queued and running."""
+        """Database reachable, schema version, runs queued and running."""
+        return await health_read()
+
+    async def health_read() -> Health:
         return Health.model_validate({"status": "ok", **await engine.health()})
 
-    register_schedule_tools(mcp, engine, caller)
+    register_schedule_tools(tools, engine, caller)
+    return Reads(health=health_read, downstream=downstream)

@@ -347,7 +347,7 @@ async def retry(
 
 
 async def cancel(conn: asyncpg.Connection, run_id: UUID, reason: str) -> RunRecord:
-    """Cancel a queued run at once, or ask the worker of a running one to stop between steps.
+    """Cancel a queued run at once, or ask the worker of a running one to stop it (the step in flight too).
 
     Returns the run as it now stands; a finished run is returned unchanged.
     """
@@ -365,7 +365,7 @@ async def cancel_many(
     """Cancel queued runs, ask running ones to stop.
 
     Maps each run that changed to its status now: `cancelled`, or `running` for one asked to stop
-    before its next step.
+    (its worker stops the step in flight).
     """
     if not run_ids:
         return {}

@@ -281,7 +281,8 @@ WHERE id = $1 AND status = 'queued'
 RETURNING *;
 
 -- name: request_run_cancel
--- A running run stops between steps: its worker learns of it through NOTIFY (and the heartbeat).
+-- A running run stops, its step in flight included: its worker learns of it through NOTIFY (and the
+-- heartbeat).
 WITH flagged AS (
     UPDATE runs SET cancel_requested = true, reason = $2, updated_at = now()
     WHERE id = $1 AND status = 'running'
@@ -293,8 +294,8 @@ SELECT flagged.* FROM flagged LEFT JOIN wake ON true;
 
 -- name: cancel_runs
 -- overlap_policy=cancel_previous and cancel_task: queued runs are cancelled at once; running
--- ones are asked to stop between steps (their worker hears pao_cancel, or sees the flag at its
--- next heartbeat). Reasons are per run.
+-- ones are asked to stop (their worker hears pao_cancel and stops the step in flight, or sees the
+-- flag at its next heartbeat). Reasons are per run.
 WITH input AS (
     SELECT * FROM unnest($1::uuid[], $2::text[]) AS i(id, reason)
 ), queued AS (

@@ -13,6 +13,9 @@ from pao_orchestrator.errors import StepError
 class Builtin:
     description: str
     input_schema: dict[str, Any]
+    # Whether a call can take time (and so must be stoppable by cancel_run and its timeout_seconds);
+    # one that cannot is awaited directly, saving the watch on every run of the cheap steps.
+    waits: bool = False
 
 
 BUILTINS: dict[str, Builtin] = {
@@ -28,6 +31,7 @@ BUILTINS: dict[str, Builtin] = {
             "required": ["seconds"],
             "additionalProperties": False,
         },
+        waits=True,
     ),
 }
 

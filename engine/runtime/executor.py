@@ -135,6 +135,22 @@ class LeaseLost(Exception):
     """This worker no longer holds the run (its lease expired and another worker took it)."""
 
 
+class _Interrupted(Exception):
+    """The call of a step was stopped because the run was cancelled."""
+
+
+class StepCancelled(Exception):
+    """The run was cancelled while a step was in flight; the step was stopped."""
+
+    def __init__(self, record: StepRecord) -> None:
+        super().__init__("cancelled while running")
+        self.record = record
+
+
+DEFAULT_STEP_TIMEOUT = 60.0
+"""A step's timeout_seconds when the pipeline gives none (README: Pipelines)."""
+
+
 class Executor:
     """Runs pipelines for one worker."""
 
@@ -211,10 +227,21 @@ class Executor:
                     # The last step's record rides along with the run's completion: one write, not two.
                     defer = index == len(pipeline) - 1
                     output, last_record = await self._run_step(
-                        run, index, step, outputs_by_step, saved, secrets, defer=defer
+                        handle, index, step, outputs_by_step, saved, secrets, defer=defer
                     )
             except StepError as exc:
                 return await self._fail(handle, step, exc, secrets, _Progress(payload, outputs_by_step, saved))
+            except StepCancelled as stopped:
+                await self._finish(
+                    handle,
+                    RunStatus.CANCELLED,
+                    None,
+                    _scrub(saved, secrets.used_values()),
+                    # The reason stays the canceller's (cancel_run, cancel_task, cancel_previous).
+                    reason=None,
+                    step_record=stopped.record,
+                )
+                return Outcome.CANCELLED
             outputs_by_step[step.id] = output
             if step.save_as:
                 saved[step.save_as] = output
@@ -253,7 +280,7 @@ class Executor:
 
     async def _run_step(
         self,
-        run: ClaimedRun,
+        handle: RunHandle,
         index: int,
         step: PipelineStep,
         outputs_by_step: dict[str, Any],
@@ -264,6 +291,7 @@ class Executor:
         run_error: str | None = None,
     ) -> tuple[Any, StepRecord | None]:
         """Run one step; return its output and, when `defer` is set, its record for the caller to write."""
+        run = handle.run
         started = datetime.now(UTC)
         t0 = time.perf_counter()
         arguments: Any = None
@@ -286,13 +314,17 @@ class Executor:
                     raise StepError(f"{step.uses}: the rendered 'with' {problem}", retryable=False)
             if step.server == BUILTIN_SERVER:
                 # A built-in's output is made of its arguments, which were checked (at save, or above).
-                output = await self._call(step, arguments)
+                builtin = BUILTINS.get(step.tool)
+                if builtin is not None and not builtin.waits:
+                    output = await self._call(step, arguments)
+                else:
+                    output = await self._interruptible(handle, step, self._call(step, arguments))
             else:
                 # A call still going after RUNNING_MARK_DELAY shows as running in get_run. A quick one
                 # never gets that row: its outcome is its only write (or rides on the run's end).
                 mark = _RunningMark(lambda: self._start_step(run, index, step, arguments, secrets))
                 try:
-                    output = await self._call(step, arguments)
+                    output = await self._interruptible(handle, step, self._call(step, arguments))
                 finally:
                     row_id = await mark.settle()
                 problem = storable.problem(output, self._max_value)
@@ -305,6 +337,22 @@ class Executor:
             )
             await self._write_step(run, record, row_id)
             raise
+        except _Interrupted:
+            # Its record rides on the run's end (an upsert over the 'running' row, if there is one).
+            raise StepCancelled(
+                self._step_record(
+                    run,
+                    index,
+                    step,
+                    StepStatus.CANCELLED,
+                    arguments,
+                    None,
+                    "stopped while running: the run was cancelled",
+                    started,
+                    t0,
+                    secrets,
+                )
+            ) from None
         record = self._step_record(
             run, index, step, StepStatus.SUCCEEDED, arguments, output, None, started, t0, secrets
         )
@@ -313,6 +361,28 @@ class Executor:
             return output, record
         await self._write_step(run, record, row_id)
         return output, None
+
+    async def _interruptible(self, handle: RunHandle, step: PipelineStep, call: Awaitable[Any]) -> Any:
+        """Await a step's call, stopping it when cancel_run arrives, and (for built-ins, which have no
+        pool to enforce it) when its timeout_seconds pass."""
+        timeout = None
+        if step.server == BUILTIN_SERVER:
+            timeout = step.timeout_seconds or DEFAULT_STEP_TIMEOUT
+        calling = asyncio.ensure_future(call)
+        cancelled = asyncio.ensure_future(handle.cancel.wait())
+        try:
+            await asyncio.wait({calling, cancelled}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            cancelled.cancel()
+            if not calling.done():
+                calling.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await calling
+        if not calling.cancelled() and calling.done():
+            return calling.result()
+        if handle.cancel.is_set():
+            raise _Interrupted
+        raise StepError(f"{step.uses} did not finish within its timeout_seconds ({timeout:g}s)", retryable=True)
 
     async def _call(self, step: PipelineStep, arguments: Any) -> Any:
         if not isinstance(arguments, dict):
@@ -436,7 +506,6 @@ class Executor:
     async def _on_failure(self, handle: RunHandle, error: str, secrets: templating.Secrets, progress: _Progress) -> str:
         """Run the task's on_failure steps, once each, in order, with ${run.error} set; one that fails is
         recorded and the next still runs. Returns what to add to the run's reason."""
-        run = handle.run
         steps = progress.payload.on_failure
         first = len(progress.payload.pipeline)
         failed: list[str] = []
@@ -444,11 +513,22 @@ class Executor:
             await self._check_lease(handle)
             try:
                 output, _ = await self._run_step(
-                    run, first + offset, step, progress.outputs, progress.saved, secrets, defer=False, run_error=error
+                    handle,
+                    first + offset,
+                    step,
+                    progress.outputs,
+                    progress.saved,
+                    secrets,
+                    defer=False,
+                    run_error=error,
                 )
             except StepError:
                 failed.append(step.id)
                 continue
+            except StepCancelled:
+                # Cancelled while its on_failure steps ran: the run still ends failed, the rest are not run.
+                failed.append(step.id)
+                break
             progress.outputs[step.id] = output
             if step.save_as:
                 progress.saved[step.save_as] = output

@@ -6,11 +6,21 @@ task services check it before it is saved.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _IDENT = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+MAX_PAYLOAD_CHARS = 256 * 1024
+"""A task's payload is at most this many characters of compact JSON."""
+MAX_WITH_CHARS = 64 * 1024
+"""A step's literal `with` is at most this many characters of compact JSON (what it renders to is bounded
+by PAO_MAX_VALUE_BYTES)."""
+
+
+def json_size(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str))
 
 
 class PipelineStep(BaseModel):
@@ -18,18 +28,30 @@ class PipelineStep(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    id: str = Field(pattern=_IDENT, description="Unique within the pipeline; later steps read ${steps.<id>...}.")
+    id: str = Field(pattern=_IDENT, description="Later steps read ${steps.<id>.<field>}.")
     uses: str = Field(
         pattern=r"^[A-Za-z0-9_-]+\.[^.\s][^\s]*$",
-        description="'<server>.<tool>': a server from mcp.json, or 'pao' for built-in steps.",
+        description="'<server>.<tool>' (list_downstream_tools), or pao.noop / pao.sleep.",
     )
-    with_: dict[str, Any] = Field(default_factory=dict, alias="with", description="Tool arguments; templates.")
-    save_as: str | None = Field(
-        default=None,
-        pattern=_IDENT,
-        description="Also bind this step's output as ${<save_as>} for later steps and in the run's outputs.",
+    with_: dict[str, Any] = Field(
+        default_factory=dict,
+        alias="with",
+        description="Arguments; strings may hold ${...} templates (steps, <save_as>, trigger, event, task, run, "
+        "now, secrets.NAME). A value that is exactly one ${...} keeps its type. At most 64 KiB.",
     )
-    timeout_seconds: float | None = Field(default=None, gt=0, le=3600)
+    save_as: str | None = Field(default=None, pattern=_IDENT, description="Bind the output as ${<save_as>}, kept.")
+    timeout_seconds: float | None = Field(default=None, gt=0, le=3600, description="Default 60.")
+
+    @field_validator("with_")
+    @classmethod
+    def _bounded(cls, value: dict[str, Any]) -> dict[str, Any]:
+        size = json_size(value)
+        if size > MAX_WITH_CHARS:
+            raise ValueError(
+                f"'with' is {size:,} characters of JSON, over the {MAX_WITH_CHARS:,} a step may hold; "
+                "pass large data between steps with templates instead"
+            )
+        return value
 
     @property
     def server(self) -> str:
@@ -51,6 +73,14 @@ class Payload(BaseModel):
         max_length=20,
         description="Steps run once when a run fails for good (no retry left); they may read ${run.error}.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bounded(cls, data: Any) -> Any:
+        size = json_size(data)
+        if size > MAX_PAYLOAD_CHARS:
+            raise ValueError(f"payload is {size:,} characters of JSON, over the {MAX_PAYLOAD_CHARS:,} a task may hold")
+        return data
 
     @model_validator(mode="after")
     def _unique_names(self) -> Payload:

@@ -11,7 +11,10 @@ from pao_orchestrator.server.app import create_server
 from tests.engine.support import engine_on
 
 READS = {"get_task", "list_tasks", "get_run", "list_runs", "list_downstream_tools", "health", "preview_schedule"}
-DESTRUCTIVE = {"cancel_task", "cancel_run"}
+# Overwriting a pipeline or running one (any downstream tool) is not harmless.
+DESTRUCTIVE = {"cancel_task", "cancel_run", "update_task", "run_now"}
+# Tools that start downstream servers or call their tools.
+OPEN_WORLD = {"create_task", "update_task", "run_now", "list_downstream_tools"}
 ALL = (
     READS
     | DESTRUCTIVE
@@ -46,10 +49,16 @@ async def test_every_tool_has_an_output_schema_and_the_right_annotations(
     for name in ALL:
         tool = tools[name]
         assert tool.output_schema is not None, name
-        assert tool.description and len(tool.description) > 60, name
+        assert tool.description and len(tool.description) >= 15, name
+        assert tool.description == tool.description.strip() and "\n    " not in tool.description, name
+        assert tool.title, name
         assert tool.annotations is not None, name
         assert tool.annotations.read_only_hint is (name in READS), name
         assert bool(tool.annotations.destructive_hint) is (name in DESTRUCTIVE), name
+        assert bool(tool.annotations.open_world_hint) is (name in OPEN_WORLD), name
+        assert tool.input_schema.get("additionalProperties") is False, name
+        for arg, prop in tool.input_schema.get("properties", {}).items():
+            assert name == "update_task" or prop.get("description"), (name, arg)
     schema = tools["create_task"].input_schema
     assert set(schema["required"]) == {"title", "schedule_kind", "schedule_expr", "payload"}
     assert schema["properties"]["priority"]["maximum"] == 9

@@ -1,0 +1,65 @@
+"""The parts of the MCP face the SDK's `MCPServer` does not offer through its public surface.
+
+`MCPServer` serves `resources/list` without paging and has no hook for the
+pre-2026 `resources/subscribe`; the low-level `Server` it wraps takes any request
+handler. This module is the one place that reaches it (`MCPServer._lowlevel_server`,
+as the SDK's own `Client` does), and `tests/server/test_face.py` fails loudly if
+the SDK moves it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel.server import Server
+from mcp.server.mcpserver import MCPServer
+from mcp_types import (
+    EmptyResult,
+    ListResourcesResult,
+    PaginatedRequestParams,
+    SubscribeRequestParams,
+    UnsubscribeRequestParams,
+)
+
+from pao_orchestrator.server.live import LegacySubscriptions
+
+ListPage = Callable[[str | None], Awaitable[ListResourcesResult]]
+
+
+def lowlevel(mcp: MCPServer[Any]) -> Server[Any]:
+    """The SDK's low-level server inside `mcp` (private in SDK 2.3; checked by a test)."""
+    server = getattr(mcp, "_lowlevel_server", None)
+    if not isinstance(server, Server):
+        raise RuntimeError(
+            "mcp.server.mcpserver.MCPServer no longer holds its low-level Server as _lowlevel_server; "
+            "pao_orchestrator.server.face needs updating for this SDK version"
+        )
+    return server
+
+
+def serve_paged_resource_list(mcp: MCPServer[Any], list_page: ListPage) -> None:
+    """Serve `resources/list` a page at a time (the cursor is the client's)."""
+
+    async def handler(_ctx: ServerRequestContext[Any, Any], params: PaginatedRequestParams) -> ListResourcesResult:
+        return await list_page(params.cursor if params else None)
+
+    lowlevel(mcp).add_request_handler("resources/list", PaginatedRequestParams, handler)
+
+
+def serve_legacy_subscriptions(mcp: MCPServer[Any], subscriptions: LegacySubscriptions) -> None:
+    """Serve `resources/subscribe` and `resources/unsubscribe` (and so advertise `subscribe` to clients of
+    protocol versions before 2026-07-28, which have no `subscriptions/listen`)."""
+
+    async def subscribe(ctx: ServerRequestContext[Any, Any], params: SubscribeRequestParams) -> EmptyResult:
+        subscriptions.subscribe(ctx, str(params.uri))
+        return EmptyResult()
+
+    async def unsubscribe(ctx: ServerRequestContext[Any, Any], params: UnsubscribeRequestParams) -> EmptyResult:
+        subscriptions.unsubscribe(ctx, str(params.uri))
+        return EmptyResult()
+
+    server = lowlevel(mcp)
+    server.add_request_handler("resources/subscribe", SubscribeRequestParams, subscribe)
+    server.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, unsubscribe)
