@@ -18,7 +18,7 @@ from uuid import UUID
 import asyncpg
 
 from pao_orchestrator.contracts import BUILTIN_SERVER
-from pao_orchestrator.engine import lifecycle
+from pao_orchestrator.engine import lifecycle, templating
 from pao_orchestrator.engine import runs as run_service
 from pao_orchestrator.engine import tasks as task_service
 from pao_orchestrator.engine.downstream import DownstreamPool, Registry, load_registry
@@ -215,6 +215,8 @@ async def open_engine(
 ) -> AsyncIterator[Engine]:
     """Open the database (embedded when DATABASE_URL is unset), migrate, start the scheduler and the worker;
     stop all on exit. The scheduler runs wherever the worker does unless `run_scheduler` says otherwise."""
+    # Before anything starts: a secret too short to mask safely is refused, naming it.
+    templating.check_secrets(settings.secret_environ())
     async with AsyncExitStack() as stack:
         db, dsn = await stack.enter_async_context(
             # Runs in flight each hold a connection only briefly; a few more for the scheduler and the tools.

@@ -12,6 +12,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator
 
+from pao_orchestrator.contracts import MAX_DESCRIPTION_CHARS, MAX_TITLE_CHARS
 from pao_orchestrator.engine.runtime import Payload
 from pao_orchestrator.vocabulary import (
     BackoffStrategy,
@@ -32,8 +33,8 @@ class TaskSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    title: str = Field(min_length=1, max_length=200)
-    description: str = Field(default="", max_length=10_000)
+    title: str = Field(min_length=1, max_length=MAX_TITLE_CHARS)
+    description: str = Field(default="", max_length=MAX_DESCRIPTION_CHARS)
     schedule_kind: ScheduleKind
     schedule_expr: str = Field(min_length=1, max_length=2000)
     timezone: str = DEFAULT_TIMEZONE

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from pao_orchestrator.contracts import MAX_PAYLOAD_CHARS, MAX_STEP_ARGUMENTS_CHARS
+from pao_orchestrator.engine.runtime import storable
 
 _IDENT = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 
@@ -31,6 +34,14 @@ class PipelineStep(BaseModel):
     )
     timeout_seconds: float | None = Field(default=None, gt=0, le=3600)
 
+    @field_validator("with_", mode="before")
+    @classmethod
+    def _bounded(cls, value: Any) -> Any:
+        problem = storable.problem(value, MAX_STEP_ARGUMENTS_CHARS, "the limit of a step's 'with'")
+        if problem is not None and isinstance(value, dict):
+            raise ValueError(problem)
+        return value
+
     @property
     def server(self) -> str:
         return self.uses.split(".", 1)[0]
@@ -46,6 +57,14 @@ class Payload(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     pipeline: list[PipelineStep] = Field(min_length=1, max_length=100)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bounded(cls, value: Any) -> Any:
+        problem = storable.problem(value, MAX_PAYLOAD_CHARS, "the limit of a task's payload")
+        if problem is not None and isinstance(value, dict):
+            raise ValueError(problem)
+        return value
 
     @model_validator(mode="after")
     def _unique_names(self) -> Payload:

@@ -29,7 +29,7 @@ def _where(path: list[str | int]) -> str:
     return text or "(the whole value)"
 
 
-def problem(value: Any, limit: int) -> str | None:
+def problem(value: Any, limit: int, limit_name: str = "the limit, PAO_MAX_VALUE_BYTES") -> str | None:
     """Why `value` cannot be stored as jsonb (naming where in it), or None when it can.
 
     Walks the value once and stops as soon as it knows: at the first problem, or once the size
@@ -72,7 +72,7 @@ def problem(value: Any, limit: int) -> str | None:
         else:
             return f"holds a {type(item).__name__} at {_where(path)}, which is not a JSON value"
         if left < 0:
-            return f"is larger than {limit:,} characters of JSON (the limit, PAO_MAX_VALUE_BYTES)"
+            return f"is larger than {limit:,} characters of JSON ({limit_name})"
     return None
 
 
