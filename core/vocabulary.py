@@ -95,3 +95,22 @@ class Outcome(StrEnum):
     CANCELLED = "cancelled"
     LOST = "lost"  # the lease went to another worker; this copy stopped without writing
     CRASHED = "crashed"  # a bug in the executor; the lease expiry re-queues the run
+
+
+class Scope(StrEnum):
+    """What an agent may do (DESIGN.md); `admin` may do everything, and see every agent's objects."""
+
+    TASKS_READ = "tasks:read"
+    TASKS_WRITE = "tasks:write"
+    RUNS_READ = "runs:read"
+    RUNS_WRITE = "runs:write"
+    EVENTS_PUBLISH = "events:publish"
+    ADMIN = "admin"
+
+
+class AuditOutcome(StrEnum):
+    """How an audited call ended."""
+
+    OK = "ok"
+    DENIED = "denied"  # failed authentication or authorization
+    ERROR = "error"

@@ -6,9 +6,20 @@ The door of the engine: the server imports only the names below.
 
 from __future__ import annotations
 
+from pao_orchestrator.engine.agents import CreatedAgent, UpdatedAgent
 from pao_orchestrator.engine.app import Engine, migrate_database, open_engine
 from pao_orchestrator.engine.lifecycle import CancelledTask, FireInstant, SchedulePreview, TaskChange
-from pao_orchestrator.engine.models import DEFAULT_TIMEZONE, Agent, Run, RunStep, Task, TaskSpec
+from pao_orchestrator.engine.models import (
+    DEFAULT_TIMEZONE,
+    Agent,
+    AgentInfo,
+    AuditEntry,
+    Run,
+    RunStep,
+    Task,
+    TaskSpec,
+    TokenInfo,
+)
 from pao_orchestrator.engine.schedule import MAX_PREVIEW
 from pao_orchestrator.engine.settings import Settings
 from pao_orchestrator.engine.tasks import CreatedTask
@@ -17,7 +28,10 @@ __all__ = [
     "DEFAULT_TIMEZONE",
     "MAX_PREVIEW",
     "Agent",
+    "AgentInfo",
+    "AuditEntry",
     "CancelledTask",
+    "CreatedAgent",
     "CreatedTask",
     "Engine",
     "FireInstant",
@@ -28,6 +42,8 @@ __all__ = [
     "Task",
     "TaskChange",
     "TaskSpec",
+    "TokenInfo",
+    "UpdatedAgent",
     "migrate_database",
     "open_engine",
 ]

@@ -18,17 +18,18 @@ from uuid import UUID
 import asyncpg
 
 from pao_orchestrator.contracts import BUILTIN_SERVER
-from pao_orchestrator.engine import lifecycle, templating
+from pao_orchestrator.engine import agents as agent_service
+from pao_orchestrator.engine import audit, lifecycle, templating
 from pao_orchestrator.engine import runs as run_service
 from pao_orchestrator.engine import tasks as task_service
 from pao_orchestrator.engine.downstream import DownstreamPool, Registry, load_registry
-from pao_orchestrator.engine.models import Agent, Run, Task
+from pao_orchestrator.engine.models import Agent, AgentInfo, AuditEntry, Run, Task
 from pao_orchestrator.engine.runtime import BUILTINS, Executor, Renderer, Scheduler, Worker, worker_name
 from pao_orchestrator.engine.settings import Settings
 from pao_orchestrator.store import agents as agent_store
 from pao_orchestrator.store import migrate, open_database, schema_version
 from pao_orchestrator.store import runs as run_store
-from pao_orchestrator.vocabulary import RunStatus, ScheduleKind, TaskStatus
+from pao_orchestrator.vocabulary import AuditOutcome, RunStatus, ScheduleKind, TaskStatus
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +80,20 @@ class Engine:
     async def create_task(self, caller: Agent, arguments: dict[str, Any]) -> task_service.CreatedTask:
         return await task_service.create_task(self.db, self.tools, caller, arguments, clock=self.clock)
 
-    async def get_task(self, task_id: UUID) -> Task:
-        return await task_service.get_task(self.db, task_id)
+    async def get_task(self, caller: Agent, task_id: UUID) -> Task:
+        return await task_service.get_task(self.db, caller, task_id)
 
     async def list_tasks(
-        self, *, status: TaskStatus | None, schedule_kind: ScheduleKind | None, limit: int, cursor: str | None
+        self,
+        caller: Agent,
+        *,
+        status: TaskStatus | None,
+        schedule_kind: ScheduleKind | None,
+        limit: int,
+        cursor: str | None,
     ) -> tuple[list[Task], str | None]:
         return await task_service.list_tasks(
-            self.db, status=status, schedule_kind=schedule_kind, limit=limit, cursor=cursor
+            self.db, caller, status=status, schedule_kind=schedule_kind, limit=limit, cursor=cursor
         )
 
     async def update_task(self, caller: Agent, task_id: UUID, changes: dict[str, Any]) -> lifecycle.TaskChange:
@@ -128,13 +135,114 @@ class Engine:
     async def cancel_run(self, caller: Agent, run_id: UUID) -> Run:
         return await run_service.cancel_run(self.db, caller, run_id)
 
-    async def get_run(self, run_id: UUID) -> Run:
-        return await run_service.get_run(self.db, run_id)
+    async def get_run(self, caller: Agent, run_id: UUID) -> Run:
+        return await run_service.get_run(self.db, caller, run_id)
 
     async def list_runs(
-        self, *, task_id: UUID | None, status: RunStatus | None, limit: int, cursor: str | None
+        self, caller: Agent, *, task_id: UUID | None, status: RunStatus | None, limit: int, cursor: str | None
     ) -> tuple[list[Run], str | None]:
-        return await run_service.list_runs(self.db, task_id=task_id, status=status, limit=limit, cursor=cursor)
+        return await run_service.list_runs(self.db, caller, task_id=task_id, status=status, limit=limit, cursor=cursor)
+
+    # ----------------------------------------------------------------- agents, tokens and audit
+
+    async def authenticate(self, token: str) -> Agent | None:
+        """The live agent a usable bearer token belongs to, or None."""
+        return await agent_service.authenticate(self.db, token)
+
+    async def create_agent(
+        self,
+        caller: Agent,
+        *,
+        name: str,
+        scopes: list[str],
+        description: str = "",
+        expires_in_seconds: int | None = None,
+    ) -> agent_service.CreatedAgent:
+        return await agent_service.create_agent(
+            self.db,
+            caller,
+            name=name,
+            scopes=scopes,
+            description=description,
+            expires_in_seconds=expires_in_seconds,
+            now=self.clock(),
+        )
+
+    async def get_agent(self, caller: Agent, agent_id: UUID) -> AgentInfo:
+        return await agent_service.get_agent(self.db, caller, agent_id, now=self.clock())
+
+    async def list_agents(
+        self, caller: Agent, *, include_deleted: bool = False, limit: int = 50, cursor: str | None = None
+    ) -> tuple[list[AgentInfo], str | None]:
+        return await agent_service.list_agents(
+            self.db, caller, include_deleted=include_deleted, limit=limit, cursor=cursor, now=self.clock()
+        )
+
+    async def update_agent(
+        self,
+        caller: Agent,
+        agent_id: UUID,
+        *,
+        name: str | None = None,
+        scopes: list[str] | None = None,
+        description: str | None = None,
+        new_token: bool = False,
+        expires_in_seconds: int | None = None,
+        revoke_token_id: UUID | None = None,
+    ) -> agent_service.UpdatedAgent:
+        return await agent_service.update_agent(
+            self.db,
+            caller,
+            agent_id,
+            name=name,
+            scopes=scopes,
+            description=description,
+            issue_token=new_token,
+            expires_in_seconds=expires_in_seconds,
+            revoke_token_id=revoke_token_id,
+            now=self.clock(),
+        )
+
+    async def delete_agent(self, caller: Agent, agent_id: UUID) -> AgentInfo:
+        return await agent_service.delete_agent(self.db, caller, agent_id, now=self.clock())
+
+    async def revoke(self, caller: Agent, target: UUID) -> str:
+        """Revoke a token by its id, or an agent and all its tokens by the agent's id."""
+        return await agent_service.revoke(self.db, caller, target, now=self.clock())
+
+    async def list_audit(
+        self,
+        caller: Agent,
+        *,
+        agent_id: UUID | None = None,
+        action: str | None = None,
+        target_type: str | None = None,
+        target_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[AuditEntry], str | None]:
+        return await audit.list_audit(
+            self.db,
+            caller,
+            agent_id=agent_id,
+            action=action,
+            target_type=target_type,
+            target_id=target_id,
+            since=since,
+            until=until,
+            limit=limit,
+            cursor=cursor,
+        )
+
+    async def audit_denied(
+        self, caller: Agent | None, action: str, target_type: str, target_id: str | None, reason: str
+    ) -> None:
+        """Record a failed authentication or authorization (never with the token that was offered)."""
+        await audit.record(
+            self.db, caller, action, target_type, target_id, {"reason": reason}, outcome=AuditOutcome.DENIED
+        )
 
     async def downstream_catalog(self, server: str | None) -> dict[str, Any]:
         """Every tool a pipeline step may use, per server, with schemas; built-ins under `pao`."""

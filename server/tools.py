@@ -17,6 +17,7 @@ from mcp.server.mcpserver import MCPServer
 from pydantic import BaseModel, Field
 
 from pao_orchestrator.engine import Agent, Engine, Run, Task, TaskSpec
+from pao_orchestrator.server.admin_tools import register_admin_tools
 from pao_orchestrator.server.metadata import CANCEL, READ, WRITE, Cursor, Limit, RunId, TaskId, tool_errors
 from pao_orchestrator.server.schedule_tools import register_schedule_tools
 from pao_orchestrator.server.signatures import model_parameters, with_signature
@@ -116,7 +117,7 @@ def register_tools(mcp: MCPServer[Any], engine: Engine, caller: Callable[[], Age
     @tool_errors
     async def get_task(task_id: TaskId) -> Task:
         """Get one task: its schedule, pipeline, policies, status and next fire times (in its timezone)."""
-        return await engine.get_task(task_id)
+        return await engine.get_task(caller(), task_id)
 
     @mcp.tool(name="list_tasks", annotations=READ)
     @tool_errors
@@ -129,7 +130,7 @@ def register_tools(mcp: MCPServer[Any], engine: Engine, caller: Callable[[], Age
         """List tasks, newest first, optionally filtered by status (active, paused, completed, cancelled)
         and schedule_kind. Pages with next_cursor."""
         tasks, next_cursor = await engine.list_tasks(
-            status=status, schedule_kind=schedule_kind, limit=limit, cursor=cursor
+            caller(), status=status, schedule_kind=schedule_kind, limit=limit, cursor=cursor
         )
         return TaskList(tasks=tasks, next_cursor=next_cursor)
 
@@ -147,7 +148,7 @@ def register_tools(mcp: MCPServer[Any], engine: Engine, caller: Callable[[], Age
         """Get one run: status (queued, running, succeeded, failed, cancelled, skipped), why (reason, error),
         attempts, the values saved with save_as (outputs), and every step of every attempt with its rendered
         input, output, error and duration. Secrets are shown as ***."""
-        return await engine.get_run(run_id)
+        return await engine.get_run(caller(), run_id)
 
     @mcp.tool(name="cancel_run", annotations=CANCEL)
     @tool_errors
@@ -166,7 +167,7 @@ def register_tools(mcp: MCPServer[Any], engine: Engine, caller: Callable[[], Age
     ) -> RunList:
         """List runs, newest first (without their steps; get_run has them). Skipped runs carry the reason a
         fire did not execute (missed, overlapping, deduplicated), so this answers "why didn't it run?"."""
-        runs, next_cursor = await engine.list_runs(task_id=task_id, status=status, limit=limit, cursor=cursor)
+        runs, next_cursor = await engine.list_runs(caller(), task_id=task_id, status=status, limit=limit, cursor=cursor)
         return RunList(runs=runs, next_cursor=next_cursor)
 
     @mcp.tool(name="list_downstream_tools", annotations=READ)
@@ -185,3 +186,4 @@ def register_tools(mcp: MCPServer[Any], engine: Engine, caller: Callable[[], Age
         return Health.model_validate({"status": "ok", **await engine.health()})
 
     register_schedule_tools(mcp, engine, caller)
+    register_admin_tools(mcp, engine, caller)

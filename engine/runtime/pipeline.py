@@ -37,9 +37,10 @@ class PipelineStep(BaseModel):
     @field_validator("with_", mode="before")
     @classmethod
     def _bounded(cls, value: Any) -> Any:
-        problem = storable.problem(value, MAX_STEP_ARGUMENTS_CHARS, "the limit of a step's 'with'")
-        if problem is not None and isinstance(value, dict):
-            raise ValueError(problem)
+        if isinstance(value, dict) and storable.larger_than(value, MAX_STEP_ARGUMENTS_CHARS):
+            raise ValueError(
+                f"is larger than {MAX_STEP_ARGUMENTS_CHARS:,} characters of JSON (the limit of a step's 'with')"
+            )
         return value
 
     @property
@@ -61,9 +62,8 @@ class Payload(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _bounded(cls, value: Any) -> Any:
-        problem = storable.problem(value, MAX_PAYLOAD_CHARS, "the limit of a task's payload")
-        if problem is not None and isinstance(value, dict):
-            raise ValueError(problem)
+        if isinstance(value, dict) and storable.larger_than(value, MAX_PAYLOAD_CHARS):
+            raise ValueError(f"is larger than {MAX_PAYLOAD_CHARS:,} characters of JSON (the limit of a task's payload)")
         return value
 
     @model_validator(mode="after")

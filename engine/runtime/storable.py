@@ -29,7 +29,7 @@ def _where(path: list[str | int]) -> str:
     return text or "(the whole value)"
 
 
-def problem(value: Any, limit: int, limit_name: str = "the limit, PAO_MAX_VALUE_BYTES") -> str | None:
+def problem(value: Any, limit: int) -> str | None:
     """Why `value` cannot be stored as jsonb (naming where in it), or None when it can.
 
     Walks the value once and stops as soon as it knows: at the first problem, or once the size
@@ -72,8 +72,32 @@ def problem(value: Any, limit: int, limit_name: str = "the limit, PAO_MAX_VALUE_
         else:
             return f"holds a {type(item).__name__} at {_where(path)}, which is not a JSON value"
         if left < 0:
-            return f"is larger than {limit:,} characters of JSON ({limit_name})"
+            return f"is larger than {limit:,} characters of JSON (the limit, PAO_MAX_VALUE_BYTES)"
     return None
+
+
+def larger_than(value: Any, limit: int) -> bool:
+    """Whether `value` takes more than `limit` characters of JSON (about: strings by length, others by
+    a few), walking no more of it than that."""
+    left = limit
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            left -= len(item) + 2
+        elif isinstance(item, Mapping):
+            left -= 2
+            for key, sub in item.items():
+                left -= len(str(key)) + 4
+                stack.append(sub)
+        elif isinstance(item, (list, tuple)):
+            left -= len(item) + 2
+            stack.extend(item)
+        else:
+            left -= 8
+        if left < 0:
+            return True
+    return False
 
 
 def text(value: str | None) -> str | None:

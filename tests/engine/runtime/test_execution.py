@@ -79,7 +79,7 @@ async def test_backoff_holds_the_next_attempt_back(database_url: str, fx_config:
         )
         run_id = (await engine.run_now(engine.owner, task_id)).id
         async with asyncio.timeout(30):
-            while (run := await engine.get_run(run_id)).attempt < 2:
+            while (run := await engine.get_run(engine.owner, run_id)).attempt < 2:
                 await asyncio.sleep(0.05)
         assert run.status == "queued"
         assert "retrying in 120.0s (fixed)" in (run.reason or "")
@@ -227,9 +227,12 @@ async def test_a_long_step_shows_as_running_while_a_quick_one_costs_a_single_wri
         )
         run_id = (await engine.run_now(engine.owner, task_id)).id
         async with asyncio.timeout(30):
-            while not any(s.step_id == "slow" and s.status == "running" for s in (await engine.get_run(run_id)).steps):
+            while not any(
+                s.step_id == "slow" and s.status == "running"
+                for s in (await engine.get_run(engine.owner, run_id)).steps
+            ):
                 await asyncio.sleep(0.05)
-        in_flight = await engine.get_run(run_id)
+        in_flight = await engine.get_run(engine.owner, run_id)
         run = await wait_run(engine, run_id)
     assert [(s.step_id, s.status) for s in in_flight.steps] == [("quick", "succeeded"), ("slow", "running")]
     assert in_flight.steps[1].input == {"seconds": 1.5}
