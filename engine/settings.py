@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     render_timeout_seconds: float = Field(default=1.0, gt=0, le=60)
     render_memory_mb: int = Field(default=256, ge=32, le=65_536)
     max_value_bytes: int = Field(default=1_048_576, ge=1024, le=256 * 1_048_576)
+    header_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     log_level: str = "INFO"
     environ: dict[str, str] = Field(
         default_factory=_environment,

@@ -202,6 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 allowed_hosts=tuple(args.allowed_host),
                 allowed_origins=tuple(args.allowed_origin),
                 public_url=args.public_url,
+                header_timeout=settings.header_timeout_seconds,
             )
             asyncio.run(_serve(settings, args.transport, web))
         elif args.command == "agents":
