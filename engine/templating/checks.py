@@ -160,6 +160,8 @@ def _check_source(source: str, scope: _Scope) -> str | None:
         return "include, import and extends are not available in pipeline templates"
     if compiled.secret_misuse is not None:
         return compiled.secret_misuse
+    if compiled.dunder is not None:
+        return f"{compiled.dunder!r}: names with double underscores are not available in templates"
     if scope.secrets_refused is not None and any(chain[0] == "secrets" for chain in compiled.chains):
         return scope.secrets_refused
     if scope.simple_only and not compiled.simple:

@@ -234,6 +234,8 @@ class Parsed:
     # else (a filter, a slice, a comparison, a loop, an assignment) could transform it into text
     # that no after-the-fact masking recognises, so it is refused before it can run.
     secret_misuse: str | None = None
+    # A dunder attribute it reads (`__class__`, `__globals__`...): never data, always an escape attempt.
+    dunder: str | None = None
 
 
 @dataclass(frozen=True)
@@ -282,6 +284,7 @@ def parse_template(source: str) -> Parsed:
         includes,
         _is_simple(ast),
         _secret_misuse(ast),
+        next((n.attr for n in ast.find_all(nodes.Getattr) if n.attr.startswith("__")), None),
     )
 
 
