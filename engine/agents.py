@@ -150,7 +150,9 @@ async def get_agent(db: asyncpg.Pool, caller: Agent, agent_id: UUID, *, now: dat
         row = await agent_store.get(conn, agent_id)
         if row is None:
             raise _not_found(agent_id)
-        return await _info(conn, row, now)
+        info = await _info(conn, row, now)
+        await record(conn, caller, "get_agent", "agent", agent_id)  # admin reads are on record too
+        return info
 
 
 async def list_agents(
@@ -161,7 +163,9 @@ async def list_agents(
     async with db.acquire() as conn:
         rows = await agent_store.list_page(conn, include_deleted=include_deleted, before=before, limit=limit + 1)
         kept, next_cursor = page(rows, limit)
-        return [await _info(conn, r, now) for r in kept], next_cursor
+        infos = [await _info(conn, r, now) for r in kept]
+        await record(conn, caller, "list_agents", "agent", None, {"count": len(infos)})
+        return infos, next_cursor
 
 
 async def update_agent(

@@ -91,6 +91,8 @@ async def list_audit(
             before_id=_cursor(cursor),
             limit=limit + 1,
         )
+        # Reading the audit log is an admin action, recorded after the read (so it is not in it).
+        await record(conn, caller, "list_audit", "audit_log", None, {"count": min(len(rows), limit)})
     kept = rows[:limit]
     next_cursor = str(kept[-1].id) if len(rows) > limit and kept else None
     return [AuditEntry.model_validate(r.as_dict()) for r in kept], next_cursor

@@ -103,6 +103,8 @@ async def test_admin_tools_manage_agents_and_deleting_keeps_history(
         assert agent_id not in {a["id"] for a in listed}
         everyone = content(await owner.call_tool("list_agents", {"include_deleted": True}))["agents"]
         assert agent_id in {a["id"] for a in everyone}
+        reads = content(await owner.call_tool("list_audit", {"action": "get_agent"}))["entries"]
+        assert [(e["agent_name"], e["target_id"]) for e in reads] == [("owner", agent_id)]  # admin reads too
         refused = await owner.call_tool("delete_agent", {"agent_id": str(engine.owner.id)})
         assert refused.is_error and "cannot be deleted" in refused.content[0].text  # type: ignore[union-attr]
 
