@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from datetime import datetime, timedelta
 from typing import Final
@@ -30,6 +31,7 @@ TOKEN_PREFIX: Final = "pao_"
 _ID_LENGTH: Final = 32
 _SECRET_BYTES: Final = 32
 MAX_TOKEN_LENGTH: Final = 256
+AGENT_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
 
 
 class CreatedAgent(BaseModel):
@@ -93,6 +95,14 @@ def _scopes(scopes: list[str], field: str = "scopes") -> list[str]:
     return sorted(set(scopes))
 
 
+def _name(name: str) -> str:
+    if not AGENT_NAME.fullmatch(name):
+        raise InvalidArgument(
+            "name", f"{name[:80]!r}: 1-64 letters, digits and . _ @ -, starting with a letter or digit"
+        )
+    return name
+
+
 def _expiry(expires_in_seconds: int | None, now: datetime) -> datetime | None:
     return now + timedelta(seconds=expires_in_seconds) if expires_in_seconds is not None else None
 
@@ -126,6 +136,7 @@ async def create_agent(
     now: datetime,
 ) -> CreatedAgent:
     require(caller, Scope.ADMIN)
+    name = _name(name)
     wanted = _scopes(scopes)
     token_id, token, secret_hash = new_token()
     async with db.acquire() as conn, conn.transaction():
@@ -182,6 +193,7 @@ async def update_agent(
     now: datetime,
 ) -> UpdatedAgent:
     require(caller, Scope.ADMIN)
+    name = _name(name) if name is not None else None
     wanted = _scopes(scopes) if scopes is not None else None
     token: str | None = None
     async with db.acquire() as conn, conn.transaction():

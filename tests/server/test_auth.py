@@ -262,3 +262,21 @@ async def test_stdio_acts_as_the_agent_pao_token_names(database_url: str, tmp_pa
         timeout=60,
     )
     assert bad.returncode == 1 and bad.stderr.strip().startswith("pao: PAO_TOKEN is not a usable token")
+
+
+@pytest.mark.parametrize(
+    ("name", "scopes", "expected"),
+    [
+        ("bad name", "admin", "pao: name: 'bad name': 1-64 letters"),
+        ("ok", "tasks:read,root", "pao: scopes: unknown scope(s) 'root'; scopes are: admin, events:publish"),
+    ],
+)
+def test_agents_create_refuses_bad_names_and_scopes_in_one_line(
+    database_url: str, tmp_path: Path, mcp_config: Path, name: str, scopes: str, expected: str
+) -> None:
+    proc = pao(["agents", "create", "--name", name, "--scopes", scopes], database_url, tmp_path, mcp_config,
+               stderr=subprocess.PIPE)  # fmt: skip
+    out, err = proc.communicate(timeout=60)
+    lines = err.decode().strip().splitlines()
+    assert proc.returncode == 1 and out == b""
+    assert len(lines) == 1 and lines[0].startswith(expected), lines
