@@ -68,10 +68,13 @@ class WebOptions:
         return self.base_url + ("/sse" if self.transport == "sse" else "/mcp")
 
 
-def create_server(engine: Engine, *, caller: Agent | None = None, web: WebOptions | None = None) -> MCPServer[Any]:
+def create_server(
+    engine: Engine, *, caller: Agent | None = None, web: WebOptions | None = None, caller_token: str | None = None
+) -> MCPServer[Any]:
     """An MCPServer bound to a running engine.
 
-    Over stdio (`web` None) every call acts as `caller` (default: the local owner). Over HTTP and
+    Over stdio (`web` None) every call acts as `caller` (default: the local owner), checked again
+    on every request when it came from `caller_token` (PAO_TOKEN). Over HTTP and
     SSE with `web.auth`, every request needs a bearer token of an agent (the SDK's auth hooks with
     `AgentTokenVerifier`); without it, every call acts as the local owner.
     """
@@ -95,7 +98,9 @@ def create_server(engine: Engine, *, caller: Agent | None = None, web: WebOption
         auth=auth_settings,
         token_verifier=AgentTokenVerifier(engine) if authenticated else None,
     )
-    callers = CallerMiddleware(engine, None if authenticated else (caller or engine.owner))
+    callers = CallerMiddleware(
+        engine, None if authenticated else (caller or engine.owner), default_token=None if web else caller_token
+    )
     mcp.middleware.append(callers)
     register_tools(mcp, engine, callers.caller)
 

@@ -112,9 +112,12 @@ class CallerMiddleware:
     gets here: the SDK answers it 401.
     """
 
-    def __init__(self, engine: Engine, default: Agent | None) -> None:
+    def __init__(self, engine: Engine, default: Agent | None, *, default_token: str | None = None) -> None:
         self._engine = engine
         self._default = default
+        # The stdio session's PAO_TOKEN: checked again on every request, so revoking it (or its
+        # expiry) takes effect at once there too, not at the next start.
+        self._default_token = default_token
         self.current: contextvars.ContextVar[Agent | None] = contextvars.ContextVar("pao_caller", default=None)
 
     def caller(self) -> Agent:
@@ -125,6 +128,14 @@ class CallerMiddleware:
 
     async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         agent = self._resolve(ctx)
+        if agent is not None and agent is self._default and self._default_token is not None:
+            agent = await self._engine.authenticate(self._default_token)
+            if agent is None and ctx.method == "tools/call":
+                await self._engine.audit_denied(None, "authenticate", "stdio", None, "PAO_TOKEN revoked or expired")
+                return CallToolResult(
+                    content=[TextContent(type="text", text="unauthorized: PAO_TOKEN was revoked or has expired")],
+                    is_error=True,
+                )
         if agent is None:
             return await call_next(ctx)  # initialize and notifications of a session without a caller
         request_id = str(ctx.request_id) if ctx.request_id is not None else None

@@ -62,7 +62,12 @@ async def _serve(settings: Settings, transport: str, web: WebOptions) -> None:
                     "local owner, or create one with: pao agents create --name N --scopes a,b"
                 )
             log.info("stdio session acts as agent %r (PAO_TOKEN)", caller.name)
-        mcp = create_server(engine, caller=caller, web=web if transport != "stdio" else None)
+        mcp = create_server(
+            engine,
+            caller=caller,
+            web=web if transport != "stdio" else None,
+            caller_token=settings.token if caller is not None else None,
+        )
         server = asyncio.create_task(
             serve(mcp, transport, host=web.host, port=web.port, stop=stop, engine=engine, web=web)
         )

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import asyncpg
 import httpx2
 import pytest
 from mcp.shared.exceptions import MCPError
@@ -250,8 +251,15 @@ async def test_stdio_acts_as_the_agent_pao_token_names(database_url: str, tmp_pa
         async with Client(params) as client:
             allowed = await client.call_tool("list_tasks", {})
             refused = await client.call_tool("run_now", {"task_id": "00000000-0000-0000-0000-000000000000"})
+            conn = await asyncpg.connect(database_url)
+            try:
+                await conn.execute("UPDATE agent_tokens SET revoked_at = now()")
+            finally:
+                await conn.close()
+            revoked = await client.call_tool("list_tasks", {})  # the same session, its token now revoked
     assert not allowed.is_error
     assert refused.is_error and "needs the scope 'runs:write'" in refused.content[0].text  # type: ignore[union-attr]
+    assert revoked.is_error and "PAO_TOKEN was revoked" in revoked.content[0].text  # type: ignore[union-attr]
     bad = await asyncio.to_thread(
         subprocess.run,
         [*pao_cmd(), "serve"],
