@@ -39,10 +39,6 @@ class PermissionDenied(PaoError):
         super().__init__(message)
 
 
-class Unauthenticated(PaoError):
-    """No valid credentials: a missing, unknown, revoked or expired token."""
-
-
 class ConfigurationError(PaoError):
     """The orchestrator's own configuration (environment, flags) is wrong; it refuses to start."""
 
