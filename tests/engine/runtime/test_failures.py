@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from uuid import UUID
 
 import pytest
 
-from pao_orchestrator.engine import Engine, Run
+from pao_orchestrator.engine import Engine, Run, Task
 from pao_orchestrator.errors import InvalidArgument
 from tests.engine.support import create, engine_on, wait_run
 
@@ -19,6 +20,16 @@ def lines(path: Path) -> list[str]:
 
 async def run_once(engine: Engine, task_id: UUID) -> Run:
     return await wait_run(engine, (await engine.run_now(engine.owner, task_id)).id)
+
+
+async def paused_soon(engine: Engine, task_id: UUID) -> Task:
+    """The pause check runs in its own transaction just after the failed run's end is recorded, so a
+    reader may see the run failed a moment before the task paused: wait for it, within a bound."""
+    deadline = asyncio.get_running_loop().time() + 10
+    while (task := await engine.get_task(task_id)).status != "paused":
+        assert asyncio.get_running_loop().time() < deadline, f"task still {task.status} 10 s after its failures"
+        await asyncio.sleep(0.02)
+    return task
 
 
 FAILING = {"id": "work", "uses": "fx.fail", "with": {"message": "the API said no"}}
@@ -151,7 +162,7 @@ async def test_pause_after_failures_pauses_after_n_in_a_row_and_resume_clears_it
         assert first.status == "failed"
         assert (await engine.get_task(failing)).status == "active"
         await run_once(engine, failing)
-        paused = await engine.get_task(failing)
+        paused = await paused_soon(engine, failing)
         assert paused.status == "paused"
         assert paused.paused_reason is not None and "after 2 consecutive failed run(s)" in paused.paused_reason
         assert paused.paused_at is not None
@@ -171,7 +182,7 @@ async def test_pause_after_failures_pauses_after_n_in_a_row_and_resume_clears_it
         await run_once(engine, failing)
         assert (await engine.get_task(failing)).status == "active"
         await run_once(engine, failing)
-        assert (await engine.get_task(failing)).status == "paused"
+        assert (await paused_soon(engine, failing)).status == "paused"
 
         manual = await engine.pause_task(engine.owner, healthy)
     assert manual.task.paused_reason == f"paused by {engine.owner.name} (pause_task)"
