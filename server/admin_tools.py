@@ -22,19 +22,18 @@ from pao_orchestrator.vocabulary import Scope
 
 DELETE = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False)
 
-AgentId = Annotated[str, Field(description="The agent's id, as create_agent or list_agents returned it.")]
+AgentId = Annotated[str, Field(description="The agent's id.")]
 AgentName = Annotated[
     str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$", description="Unique name.")
 ]
 Scopes = Annotated[
     list[Scope],
-    Field(max_length=6, description="What the agent may do: tasks:read, tasks:write, runs:read, runs:write, "
-          "events:publish, admin (admin may do everything and sees every agent's tasks and runs)."),
+    Field(max_length=6, description="admin may do everything, on every agent's objects."),
 ]  # fmt: skip
 ExpiresIn = Annotated[
     int | None,
     Strict(),
-    Field(ge=60, le=10 * 366 * 86_400, description="Seconds until the token expires; omit for no expiry."),
+    Field(ge=60, le=10 * 366 * 86_400, description="Token lifetime; omit: no expiry."),
 ]
 
 
@@ -66,8 +65,7 @@ def register_admin_tools(tools: ToolSet, engine: Engine, caller: Callable[[], Ag
         description: Annotated[str, Field(max_length=MAX_DESCRIPTION_CHARS, description="Free text for people.")] = "",
         expires_in_seconds: ExpiresIn = None,
     ) -> CreatedAgent:
-        """Create an agent with scopes and its first bearer token. The token is in this answer only:
-        pao stores a hash of it. Give it to the agent's MCP client as 'Authorization: Bearer <token>'."""
+        """Create an agent and its first bearer token, shown only here (pao keeps a hash)."""
         return await engine.create_agent(
             caller(),
             name=name,
@@ -83,7 +81,7 @@ def register_admin_tools(tools: ToolSet, engine: Engine, caller: Callable[[], Ag
         limit: Limit = 50,
         cursor: Cursor = None,
     ) -> AgentList:
-        """List agents, newest first, with their scopes and tokens (ids and expiry, never the tokens)."""
+        """Agents, newest first, with scopes and token ids (never tokens)."""
         agents, next_cursor = await engine.list_agents(
             caller(), include_deleted=include_deleted, limit=limit, cursor=cursor
         )
@@ -92,7 +90,7 @@ def register_admin_tools(tools: ToolSet, engine: Engine, caller: Callable[[], Ag
     @tools.tool(name="get_agent", title="Get agent", annotations=READ)
     @tool_errors
     async def get_agent(agent_id: AgentId) -> AgentInfo:
-        """Get one agent (deleted ones too): scopes, description and its tokens' ids, expiry and state."""
+        """One agent (deleted ones too), with its tokens' ids, expiry and state."""
         return await engine.get_agent(caller(), _uuid(agent_id, "agent_id"))
 
     @tools.tool(name="update_agent", title="Update agent", annotations=WRITE)
@@ -104,12 +102,11 @@ def register_admin_tools(tools: ToolSet, engine: Engine, caller: Callable[[], Ag
         description: Annotated[
             str | None, Field(max_length=MAX_DESCRIPTION_CHARS, description="Free text for people.")
         ] = None,
-        new_token: Annotated[bool, Strict(), Field(description="Issue another token (shown once).")] = False,
+        new_token: Annotated[bool, Strict(), Field(description="Issue another token.")] = False,
         expires_in_seconds: ExpiresIn = None,
-        revoke_token_id: Annotated[str | None, Field(description="Revoke this token of the agent.")] = None,
+        revoke_token_id: Annotated[str | None, Field(description="Token id to revoke.")] = None,
     ) -> UpdatedAgent:
-        """Change an agent's name, scopes or description; issue a new token or revoke one (rotation:
-        new_token, hand it over, then revoke the old one). Omitted fields stay as they are."""
+        """Change an agent's name, scopes or description; issue or revoke a token. Omitted fields stay."""
         return await engine.update_agent(
             caller(),
             _uuid(agent_id, "agent_id"),
@@ -124,24 +121,22 @@ def register_admin_tools(tools: ToolSet, engine: Engine, caller: Callable[[], Ag
     @tools.tool(name="delete_agent", title="Delete agent", annotations=DELETE)
     @tool_errors
     async def delete_agent(agent_id: AgentId) -> AgentInfo:
-        """Delete an agent: its tokens stop working at once. Its record, tasks, runs and audit entries stay
-        readable by admins (get_agent, list_audit). The local owner cannot be deleted. Idempotent."""
+        """Delete an agent: its tokens stop at once; its history stays readable by admins."""
         return await engine.delete_agent(caller(), _uuid(agent_id, "agent_id"))
 
     @tools.tool(name="list_audit", title="List audit log", annotations=READ)
     @tool_errors
     async def list_audit(
-        agent_id: Annotated[str | None, Field(description="Only entries of this agent.")] = None,
-        action: Annotated[str | None, Field(max_length=64, description="Only this action, e.g. create_task.")] = None,
-        target_type: Annotated[str | None, Field(max_length=32, description="task, run, agent, token, tool...")] = None,
-        target_id: Annotated[str | None, Field(max_length=200, description="Only entries about this id.")] = None,
-        since: Annotated[datetime | None, Field(description="Entries at or after this ISO 8601 instant.")] = None,
-        until: Annotated[datetime | None, Field(description="Entries before this ISO 8601 instant.")] = None,
+        agent_id: Annotated[str | None, Field(description="Agent id.")] = None,
+        action: Annotated[str | None, Field(max_length=64, description="e.g. create_task.")] = None,
+        target_type: Annotated[str | None, Field(max_length=32, description="task, run, agent...")] = None,
+        target_id: Annotated[str | None, Field(max_length=200, description="Target id.")] = None,
+        since: Annotated[datetime | None, Field(description="ISO 8601, inclusive.")] = None,
+        until: Annotated[datetime | None, Field(description="ISO 8601, exclusive.")] = None,
         limit: Limit = 50,
         cursor: Cursor = None,
     ) -> AuditList:
-        """Read the audit log, newest first: every change, every admin action and every refused
-        authentication or authorization, with who, what, target, when, request id and outcome."""
+        """The audit log, newest first: changes, admin actions and refusals."""
         entries, next_cursor = await engine.list_audit(
             caller(),
             agent_id=_uuid(agent_id, "agent_id") if agent_id else None,

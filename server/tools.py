@@ -112,8 +112,7 @@ def register_tools(tools: ToolSet, engine: Engine, caller: Callable[[], Agent]) 
         Steps: {id, uses: '<server>.<tool>', with, save_as?, timeout_seconds?}. Checked before saving
         (servers, tools, argument types, templates); errors name the field. Try schedules with
         preview_schedule and pipelines with run_now. DST: a skipped wall time fires after the gap, a
-        repeated one fires once. payload.on_failure steps run when a run fails for good (${run.error});
-        pause_after_failures pauses the task after N failures in a row."""
+        repeated one fires once."""
         created = await engine.create_task(caller(), arguments)
         return CreateTaskResult(task=created.task, warnings=created.warnings)
 

@@ -63,7 +63,7 @@ class Payload(BaseModel):
     on_failure: list[PipelineStep] = Field(
         default_factory=list,
         max_length=20,
-        description="Steps run once when a run fails for good (no retry left); they may read ${run.error}.",
+        description="Run once when a run fails for good; may read ${run.error}.",
     )
 
     @model_validator(mode="before")
