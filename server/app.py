@@ -25,7 +25,7 @@ from pao_orchestrator.contracts import APP_NAME, MAX_REQUEST_BODY_BYTES
 from pao_orchestrator.engine import Agent, Engine
 from pao_orchestrator.metrics import CONTENT_TYPE_LATEST
 from pao_orchestrator.server.auth import AgentTokenVerifier, CallerMiddleware, agent_of
-from pao_orchestrator.server.face import serve_legacy_subscriptions, serve_paged_resource_list
+from pao_orchestrator.server.face import guard_listen, serve_legacy_subscriptions, serve_paged_resource_list
 from pao_orchestrator.server.http import (
     HEADER_TIMEOUT_SECONDS,
     HeaderTimeoutProtocol,
@@ -35,7 +35,7 @@ from pao_orchestrator.server.http import (
 )
 from pao_orchestrator.server.live import LegacySubscriptions, LiveBus
 from pao_orchestrator.server.prompts import register_prompts
-from pao_orchestrator.server.resources import list_resources_page, register_resources
+from pao_orchestrator.server.resources import list_resources_page, register_resources, visibility
 from pao_orchestrator.server.stdio import interruptible_stdin
 from pao_orchestrator.server.tools import register_tools
 from pao_orchestrator.server.toolset import ToolSet
@@ -123,7 +123,9 @@ def create_server(
         return await list_resources_page(engine, who(), cursor, await mcp.list_resources())
 
     serve_paged_resource_list(mcp, list_page)
-    serve_legacy_subscriptions(mcp, LegacySubscriptions(bus))
+    visible = visibility(engine, who)
+    serve_legacy_subscriptions(mcp, LegacySubscriptions(bus), visible)
+    guard_listen(mcp, visible)
     if engine.changes is not None:
         engine.changes.subscribe(bus.on_change)
 

@@ -150,3 +150,19 @@ async def list_resources_page(
         for t in tasks
     ]
     return ListResourcesResult(resources=(fixed if cursor is None else []) + listed, next_cursor=next_cursor)
+
+
+def visibility(engine: Engine, caller: Callable[[], Agent]) -> Callable[[str], Awaitable[None]]:
+    """A check that the caller may read the task or run a `pao://` URI names (ResourceNotFoundError, the same
+    as for one that does not exist, when not); other URIs pass (a subscription to them never fires)."""
+
+    async def visible(uri: str) -> None:
+        parts = uri.removeprefix("pao://").split("/")
+        if not uri.startswith("pao://") or len(parts) < 2:
+            return
+        if parts[0] == "tasks":
+            await _read(lambda: engine.get_task(caller(), _uuid(parts[1], "task_id")))
+        elif parts[0] == "runs":
+            await _read(lambda: engine.get_run(caller(), _uuid(parts[1], "run_id")))
+
+    return visible

@@ -207,3 +207,44 @@ async def test_admin_only_and_scopes_are_enforced_in_the_engine_too(
             await engine.list_audit(reader)
         with pytest.raises(NotFound):
             await engine.get_task(reader, (await engine.create_task(engine.owner, task_args(NOOP))).task.id)
+
+
+@pytest.mark.filterwarnings("ignore:resources/subscribe is removed")
+async def test_another_agents_resources_and_subscriptions_are_not_found(
+    database_url: str, mcp_config: Path, tmp_path: Path
+) -> None:
+    """Reading or subscribing to another agent's task or run answers as for one that does not exist, on both
+    the 2026-07-28 listen stream and the earlier resources/subscribe; the agent's own still work."""
+    from mcp.shared.exceptions import MCPError
+
+    async with engine_on(database_url, mcp_config, tmp_path) as engine:
+        alice, _ = await agent(engine, "alice", ["tasks:read", "tasks:write", "runs:read", "runs:write"])
+        bob, _ = await agent(engine, "bob", ["tasks:read", "tasks:write", "runs:read", "runs:write"])
+        theirs = await engine.create_task(alice, task_args(NOOP))
+        run = await engine.run_now(alice, theirs.task.id)
+        await wait_run(engine, run.id)
+        mine = await engine.create_task(bob, task_args(NOOP))
+        missing = "00000000-0000-4000-8000-000000000000"
+        for mode in ("2026-07-28", "legacy"):
+            async with Client(create_server(engine, caller=bob), mode=mode) as client:
+                answers: list[str] = []
+                for uri in (f"pao://tasks/{theirs.task.id}", f"pao://runs/{run.id}", f"pao://tasks/{missing}"):
+                    with pytest.raises(MCPError) as read:
+                        await client.read_resource(uri)
+                    answers.append(str(read.value).replace(str(theirs.task.id), "ID").replace(missing, "ID"))
+                    with pytest.raises(MCPError) as subscribed:
+                        if mode == "legacy":
+                            await client.subscribe_resource(uri)
+                        else:
+                            async with client.listen(resource_subscriptions=[uri]):
+                                pass
+                    assert "does not exist" in str(subscribed.value), (mode, uri, subscribed.value)
+                assert answers[0] == answers[2], answers  # another agent's task reads as a missing one
+                assert "does not exist" in answers[1]
+                own = f"pao://tasks/{mine.task.id}"
+                assert json.loads((await client.read_resource(own)).contents[0].text)["id"] == str(mine.task.id)  # type: ignore[union-attr]
+                if mode == "legacy":
+                    await client.subscribe_resource(own)
+                else:
+                    async with client.listen(resource_subscriptions=[own]):
+                        pass
