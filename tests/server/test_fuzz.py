@@ -155,7 +155,7 @@ def test_random_arguments_to_every_tool_in_process(database_url: str, mcp_config
                 engine.create_task, engine.owner, task_args([{"id": "a", "uses": "pao.noop", "with": {}}])
             )
             known = [str(created.task.id), str(engine.owner.id)]
-            with portal.wrap_async_context_manager(Client(create_server(engine))) as client:
+            with portal.wrap_async_context_manager(Client(portal.call(create_server, engine))) as client:
                 seen = fuzz(portal, client, IN_PROCESS, known, batch=50)
                 health = portal.call(client.call_tool, "health", {})
                 assert not health.is_error
