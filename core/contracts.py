@@ -36,3 +36,15 @@ DISTRIBUTION: Final = "pao-orchestrator"
 
 APP_NAME: Final = "pao"
 """The name of the command, the MCP server and the platform data and config folders."""
+
+# Size limits of what agents send (documented in the README; each refusal names the field and the limit).
+MAX_TITLE_CHARS: Final = 200
+MAX_DESCRIPTION_CHARS: Final = 10_000
+MAX_PAYLOAD_CHARS: Final = 262_144
+"""A task's payload, as characters of JSON."""
+MAX_STEP_ARGUMENTS_CHARS: Final = 65_536
+"""One step's `with`, as characters of JSON (before rendering)."""
+MAX_EVENT_DATA_CHARS: Final = 65_536
+"""An event's `data`, as characters of JSON."""
+MAX_REQUEST_BODY_BYTES: Final = 1_048_576
+"""The largest HTTP request body the MCP endpoints accept (413 beyond it)."""

@@ -34,6 +34,14 @@ class Conflict(PaoError):
 class PermissionDenied(PaoError):
     """The caller is authenticated but lacks the scope for this action."""
 
+    def __init__(self, message: str, *, scope: str | None = None) -> None:
+        self.scope = scope
+        super().__init__(message)
+
+
+class ConfigurationError(PaoError):
+    """The orchestrator's own configuration (environment, flags) is wrong; it refuses to start."""
+
 
 class StoreUnavailable(PaoError):
     """The database could not be reached; the operation may be retried."""

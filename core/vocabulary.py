@@ -105,3 +105,22 @@ class ChangeKind(StrEnum):
     TASK_DELETED = "task-"
     RUN = "run"
     STEP = "step"
+
+
+class Scope(StrEnum):
+    """What an agent may do (DESIGN.md); `admin` may do everything, and see every agent's objects."""
+
+    TASKS_READ = "tasks:read"
+    TASKS_WRITE = "tasks:write"
+    RUNS_READ = "runs:read"
+    RUNS_WRITE = "runs:write"
+    EVENTS_PUBLISH = "events:publish"
+    ADMIN = "admin"
+
+
+class AuditOutcome(StrEnum):
+    """How an audited call ended."""
+
+    OK = "ok"
+    DENIED = "denied"  # failed authentication or authorization
+    ERROR = "error"

@@ -18,12 +18,13 @@ from uuid import UUID
 import asyncpg
 
 from pao_orchestrator.contracts import BUILTIN_SERVER
-from pao_orchestrator.engine import lifecycle
+from pao_orchestrator.engine import agents as agent_service
+from pao_orchestrator.engine import audit, lifecycle, templating
 from pao_orchestrator.engine import runs as run_service
 from pao_orchestrator.engine import tasks as task_service
 from pao_orchestrator.engine.changes import Change, ChangeFeed
 from pao_orchestrator.engine.downstream import DownstreamPool, Registry, load_registry
-from pao_orchestrator.engine.models import Agent, Run, RunStep, RunSummary, Task
+from pao_orchestrator.engine.models import Agent, AgentInfo, AuditEntry, Run, RunStep, RunSummary, Task
 from pao_orchestrator.engine.runtime import (
     BUILTINS,
     Executor,
@@ -39,7 +40,7 @@ from pao_orchestrator.metrics import Metrics
 from pao_orchestrator.store import DATABASE_ERRORS, migrate, open_database, schema_version
 from pao_orchestrator.store import agents as agent_store
 from pao_orchestrator.store import runs as run_store
-from pao_orchestrator.vocabulary import ChangeKind, RunStatus, ScheduleKind, StepStatus, TaskStatus
+from pao_orchestrator.vocabulary import AuditOutcome, ChangeKind, RunStatus, ScheduleKind, StepStatus, TaskStatus
 
 log = logging.getLogger(__name__)
 
@@ -104,20 +105,20 @@ class Engine:
     async def create_task(self, caller: Agent, arguments: dict[str, Any]) -> task_service.CreatedTask:
         return await task_service.create_task(self.db, self.tools, caller, arguments, clock=self.clock)
 
-    async def get_task(self, task_id: UUID, *, caller: Agent | None = None) -> Task:
-        return await task_service.get_task(self.db, task_id, caller=caller)
+    async def get_task(self, caller: Agent, task_id: UUID) -> Task:
+        return await task_service.get_task(self.db, caller, task_id)
 
     async def list_tasks(
         self,
+        caller: Agent,
         *,
         status: TaskStatus | None = None,
         schedule_kind: ScheduleKind | None = None,
         limit: int,
         cursor: str | None,
-        caller: Agent | None = None,
     ) -> tuple[list[Task], str | None]:
         return await task_service.list_tasks(
-            self.db, status=status, schedule_kind=schedule_kind, limit=limit, cursor=cursor, caller=caller
+            self.db, caller, status=status, schedule_kind=schedule_kind, limit=limit, cursor=cursor
         )
 
     async def update_task(self, caller: Agent, task_id: UUID, changes: dict[str, Any]) -> lifecycle.TaskChange:
@@ -159,19 +160,19 @@ class Engine:
     async def cancel_run(self, caller: Agent, run_id: UUID) -> Run:
         return await run_service.cancel_run(self.db, caller, run_id)
 
-    async def get_run(self, run_id: UUID, *, caller: Agent | None = None) -> Run:
-        return await run_service.get_run(self.db, run_id, caller=caller)
+    async def get_run(self, caller: Agent, run_id: UUID) -> Run:
+        return await run_service.get_run(self.db, caller, run_id)
 
-    async def get_step(self, run_id: UUID, step_id: str, *, caller: Agent | None = None) -> RunStep:
-        return await run_service.get_step(self.db, run_id, step_id, caller=caller)
+    async def get_step(self, caller: Agent, run_id: UUID, step_id: str) -> RunStep:
+        return await run_service.get_step(self.db, caller, run_id, step_id)
 
     async def wait_for_run(
         self,
+        caller: Agent,
         run_id: UUID,
         *,
         timeout: float,
         on_step: StepReport | None = None,
-        caller: Agent | None = None,
     ) -> Run:
         """The run once it has left queued and running, or as it is after `timeout` seconds (at most
         MAX_WAIT_SECONDS). `on_step(step, finished, total)` is awaited once per step that finishes
@@ -193,10 +194,10 @@ class Engine:
             await self.changes.ready(timeout=max(0.0, deadline - loop.time()))
             while True:
                 changed.clear()
-                run = await self.get_run(run_id, caller=caller)
+                run = await self.get_run(caller, run_id)
                 if on_step is not None:
                     if total is None:
-                        task = await self.get_task(run.task_id, caller=caller)
+                        task = await self.get_task(caller, run.task_id)
                         total = len(task.payload.get("pipeline", []))
                     for step in run.steps:
                         key = (step.attempt, step.step_index)
@@ -213,15 +214,114 @@ class Engine:
 
     async def list_runs(
         self,
+        caller: Agent,
         *,
         task_id: UUID | None = None,
         status: RunStatus | None = None,
         limit: int,
         cursor: str | None,
-        caller: Agent | None = None,
     ) -> tuple[list[RunSummary], str | None]:
-        return await run_service.list_runs(
-            self.db, task_id=task_id, status=status, limit=limit, cursor=cursor, caller=caller
+        return await run_service.list_runs(self.db, caller, task_id=task_id, status=status, limit=limit, cursor=cursor)
+
+    # ----------------------------------------------------------------- agents, tokens and audit
+
+    async def authenticate(self, token: str) -> Agent | None:
+        """The live agent a usable bearer token belongs to, or None."""
+        return await agent_service.authenticate(self.db, token)
+
+    async def create_agent(
+        self,
+        caller: Agent,
+        *,
+        name: str,
+        scopes: list[str],
+        description: str = "",
+        expires_in_seconds: int | None = None,
+    ) -> agent_service.CreatedAgent:
+        return await agent_service.create_agent(
+            self.db,
+            caller,
+            name=name,
+            scopes=scopes,
+            description=description,
+            expires_in_seconds=expires_in_seconds,
+            now=self.clock(),
+        )
+
+    async def get_agent(self, caller: Agent, agent_id: UUID) -> AgentInfo:
+        return await agent_service.get_agent(self.db, caller, agent_id, now=self.clock())
+
+    async def list_agents(
+        self, caller: Agent, *, include_deleted: bool = False, limit: int = 50, cursor: str | None = None
+    ) -> tuple[list[AgentInfo], str | None]:
+        return await agent_service.list_agents(
+            self.db, caller, include_deleted=include_deleted, limit=limit, cursor=cursor, now=self.clock()
+        )
+
+    async def update_agent(
+        self,
+        caller: Agent,
+        agent_id: UUID,
+        *,
+        name: str | None = None,
+        scopes: list[str] | None = None,
+        description: str | None = None,
+        new_token: bool = False,
+        expires_in_seconds: int | None = None,
+        revoke_token_id: UUID | None = None,
+    ) -> agent_service.UpdatedAgent:
+        return await agent_service.update_agent(
+            self.db,
+            caller,
+            agent_id,
+            name=name,
+            scopes=scopes,
+            description=description,
+            issue_token=new_token,
+            expires_in_seconds=expires_in_seconds,
+            revoke_token_id=revoke_token_id,
+            now=self.clock(),
+        )
+
+    async def delete_agent(self, caller: Agent, agent_id: UUID) -> AgentInfo:
+        return await agent_service.delete_agent(self.db, caller, agent_id, now=self.clock())
+
+    async def revoke(self, caller: Agent, target: UUID) -> str:
+        """Revoke a token by its id, or an agent and all its tokens by the agent's id."""
+        return await agent_service.revoke(self.db, caller, target, now=self.clock())
+
+    async def list_audit(
+        self,
+        caller: Agent,
+        *,
+        agent_id: UUID | None = None,
+        action: str | None = None,
+        target_type: str | None = None,
+        target_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[AuditEntry], str | None]:
+        return await audit.list_audit(
+            self.db,
+            caller,
+            agent_id=agent_id,
+            action=action,
+            target_type=target_type,
+            target_id=target_id,
+            since=since,
+            until=until,
+            limit=limit,
+            cursor=cursor,
+        )
+
+    async def audit_denied(
+        self, caller: Agent | None, action: str, target_type: str, target_id: str | None, reason: str
+    ) -> None:
+        """Record a failed authentication or authorization (never with the token that was offered)."""
+        await audit.record(
+            self.db, caller, action, target_type, target_id, {"reason": reason}, outcome=AuditOutcome.DENIED
         )
 
     async def downstream_catalog(self, server: str | None) -> dict[str, Any]:
@@ -316,6 +416,8 @@ async def open_engine(
 ) -> AsyncIterator[Engine]:
     """Open the database (embedded when DATABASE_URL is unset), migrate, start the scheduler and the worker;
     stop all on exit. The scheduler runs wherever the worker does unless `run_scheduler` says otherwise."""
+    # Before anything starts: a secret too short to mask safely is refused, naming it.
+    templating.check_secrets(settings.secret_environ())
     async with AsyncExitStack() as stack:
         db, dsn = await stack.enter_async_context(
             # Runs in flight each hold a connection only briefly; a few more for the scheduler and the tools.

@@ -15,6 +15,7 @@ from uuid import UUID
 import asyncpg
 from pydantic import BaseModel, Field
 
+from pao_orchestrator.engine import access, audit
 from pao_orchestrator.engine import schedule as schedules
 from pao_orchestrator.engine.models import Agent, Task, TaskSpec
 from pao_orchestrator.engine.runtime import fires_between, fires_span
@@ -31,7 +32,6 @@ from pao_orchestrator.engine.tasks import (
 from pao_orchestrator.engine.validation import parse
 from pao_orchestrator.errors import Conflict, InvalidArgument
 from pao_orchestrator.store import RunBatch, TaskRecord
-from pao_orchestrator.store import audit as audit_store
 from pao_orchestrator.store import runs as run_store
 from pao_orchestrator.store import tasks as task_store
 from pao_orchestrator.vocabulary import RunStatus, ScheduleKind, TaskStatus
@@ -88,9 +88,7 @@ def _next_text(task: Task) -> str:
 async def _finish(
     conn: asyncpg.Connection, caller: Agent, action: str, row: TaskRecord, details: dict[str, Any]
 ) -> Task:
-    await audit_store.record(
-        conn, agent_id=caller.id, action=action, target_type="task", target_id=str(row.id), details=details
-    )
+    await audit.record(conn, caller, action, "task", row.id, details)
     await task_store.notify_changed(conn, row.id)
     return to_task(row)
 
@@ -127,11 +125,11 @@ async def update_task(
     if "payload" in changes:
         # Probing downstream servers can take seconds: do it before the row is locked.
         async with db.acquire() as conn:
-            current = await task_store.get(conn, task_id)
+            current = await access.task(conn, caller, task_id)
         warnings = await check_pipeline(parse(TaskSpec, {**_spec_fields(current), **changes}).payload, catalog)
     now = clock()
     async with db.acquire() as conn, conn.transaction():
-        row = await task_store.get(conn, task_id, for_update=True)
+        row = await access.task(conn, caller, task_id, for_update=True)
         if row.status == TaskStatus.CANCELLED:
             raise Conflict(f"task {task_id} is cancelled, which is final; create a new task instead")
         spec = parse(TaskSpec, {**_spec_fields(row), **changes})
@@ -198,7 +196,7 @@ async def snooze(
         assert until is not None
         end = _parse_until(until, now)
     async with db.acquire() as conn, conn.transaction():
-        row = await task_store.get(conn, task_id, for_update=True)
+        row = await access.task(conn, caller, task_id, for_update=True)
         if row.status != TaskStatus.ACTIVE:
             hint = {TaskStatus.PAUSED: "resume_task it first", TaskStatus.COMPLETED: "its schedule has no fire left"}
             raise Conflict(
@@ -217,7 +215,7 @@ async def snooze(
 async def pause_task(db: asyncpg.Pool, caller: Agent, task_id: UUID, *, clock: Clock) -> TaskChange:
     """Stop firing until resume_task; runs already queued or running are left alone. Idempotent."""
     async with db.acquire() as conn, conn.transaction():
-        row = await task_store.get(conn, task_id, for_update=True)
+        row = await access.task(conn, caller, task_id, for_update=True)
         if row.status in (TaskStatus.CANCELLED, TaskStatus.COMPLETED):
             raise Conflict(f"task {task_id} is {row.status}; there is nothing to pause")
         if row.status == TaskStatus.PAUSED:
@@ -241,7 +239,7 @@ async def resume_task(db: asyncpg.Pool, caller: Agent, task_id: UUID, *, clock: 
     is cleared and consecutive failures are counted afresh (see `pause_after_failures`)."""
     now = clock()
     async with db.acquire() as conn, conn.transaction():
-        row = await task_store.get(conn, task_id, for_update=True)
+        row = await access.task(conn, caller, task_id, for_update=True)
         if row.status == TaskStatus.CANCELLED:
             raise Conflict(f"task {task_id} is cancelled, which is final; create a new task instead")
         if row.status == TaskStatus.COMPLETED:
@@ -295,7 +293,7 @@ async def cancel_task(
 ) -> CancelledTask:
     """Final: no more fires; queued runs are cancelled, running ones asked to stop (unless stop_running=False)."""
     async with db.acquire() as conn, conn.transaction():
-        row = await task_store.get(conn, task_id, for_update=True)
+        row = await access.task(conn, caller, task_id, for_update=True)
         if row.status == TaskStatus.CANCELLED:
             return CancelledTask(
                 task=to_task(row), changed=False, message="already cancelled", cancelled_runs=[], stopping_runs=[]

@@ -12,13 +12,16 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator
 
+from pao_orchestrator.contracts import MAX_DESCRIPTION_CHARS, MAX_TITLE_CHARS
 from pao_orchestrator.engine.runtime import Payload
 from pao_orchestrator.vocabulary import (
+    AuditOutcome,
     BackoffStrategy,
     MisfirePolicy,
     OverlapPolicy,
     RunStatus,
     ScheduleKind,
+    Scope,
     StepStatus,
     TaskStatus,
     Trigger,
@@ -32,8 +35,8 @@ class TaskSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    title: str = Field(min_length=1, max_length=200, description="Short name.")
-    description: str = Field(default="", max_length=10_000, description="Free text for people.")
+    title: str = Field(min_length=1, max_length=MAX_TITLE_CHARS, description="Short name.")
+    description: str = Field(default="", max_length=MAX_DESCRIPTION_CHARS, description="Free text for people.")
     schedule_kind: ScheduleKind = Field(description="How schedule_expr is read.")
     schedule_expr: str = Field(
         min_length=1,
@@ -171,7 +174,7 @@ class Run(RunSummary):
 
 
 class Agent(BaseModel):
-    """An identity that calls the tools."""
+    """An identity that calls the tools, as the engine sees the caller of one request."""
 
     id: UUID
     name: str
@@ -179,6 +182,56 @@ class Agent(BaseModel):
     is_owner: bool
     created_at: datetime
     revoked_at: datetime | None = None
+    # The MCP request this caller is making (for the audit log); set by the server per call.
+    request_id: str | None = Field(default=None, exclude=True)
+
+    @property
+    def is_admin(self) -> bool:
+        return self.is_owner or Scope.ADMIN in self.scopes
 
     def can(self, scope: str) -> bool:
-        return self.is_owner or "admin" in self.scopes or scope in self.scopes
+        return self.is_admin or scope in self.scopes
+
+    def sees(self, owner: UUID | None) -> bool:
+        """Whether this caller may see an object created by `owner` (its own, or any as admin)."""
+        return self.is_admin or owner == self.id
+
+
+class TokenInfo(BaseModel):
+    """One of an agent's tokens, as admins see it: never the token itself."""
+
+    id: UUID = Field(description="The token's id (pao agents revoke ID, or update_agent revoke_token_id).")
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    active: bool
+
+
+class AgentInfo(BaseModel):
+    """An agent as the admin tools return it."""
+
+    id: UUID
+    name: str
+    description: str
+    scopes: list[Scope]
+    is_owner: bool
+    created_at: datetime
+    updated_at: datetime
+    revoked_at: datetime | None
+    deleted_at: datetime | None
+    tokens: list[TokenInfo] = Field(default_factory=list)
+
+
+class AuditEntry(BaseModel):
+    """One audit_log row: who did what to which target, when, in which request, and how it ended."""
+
+    id: int
+    agent_id: UUID | None
+    agent_name: str | None
+    action: str
+    target_type: str
+    target_id: str | None
+    details: dict[str, Any]
+    request_id: str | None
+    outcome: AuditOutcome
+    created_at: datetime

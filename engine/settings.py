@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     retention_audit_days: float = Field(default=365.0, ge=0)
     retention_batch_size: int = Field(default=1000, ge=1, le=100_000)
     retention_interval_seconds: float = Field(default=3600.0, gt=0)
+    header_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     log_level: str = "INFO"
     log_format: LogFormat | None = Field(
         default=None, description="json or text; unset: json when stderr is not a terminal, text when it is."

@@ -13,15 +13,14 @@ import asyncpg
 from pydantic import BaseModel
 
 from pao_orchestrator.contracts import BUILTIN_SERVER
+from pao_orchestrator.engine import access, audit, templating
 from pao_orchestrator.engine import schedule as schedules
-from pao_orchestrator.engine import templating
 from pao_orchestrator.engine.models import Agent, Task, TaskSpec
 from pao_orchestrator.engine.paging import decode_cursor, page
 from pao_orchestrator.engine.runtime import BUILTINS, Payload, PipelineStep, validate_arguments
 from pao_orchestrator.engine.validation import parse
 from pao_orchestrator.errors import InvalidArgument, PaoError, StepError
 from pao_orchestrator.store import TaskRecord
-from pao_orchestrator.store import audit as audit_store
 from pao_orchestrator.store import tasks as task_store
 from pao_orchestrator.vocabulary import TIME_KINDS, ScheduleKind, TaskStatus
 
@@ -243,42 +242,42 @@ async def create_task(
         row = await task_store.insert(conn, fields, created_by=caller.id, now=anchor)
         # Built before the commit: if the stored task cannot be shown, nothing is kept.
         task = to_task(row)
-        await audit_store.record(
+        await audit.record(
             conn,
-            agent_id=caller.id,
-            action="create_task",
-            target_type="task",
-            target_id=str(row.id),
-            details={
-                "title": spec.title,
-                "schedule_kind": spec.schedule_kind,
-                "schedule_expr": spec.schedule_expr,
-            },
+            caller,
+            "create_task",
+            "task",
+            row.id,
+            {"title": spec.title, "schedule_kind": spec.schedule_kind, "schedule_expr": spec.schedule_expr},
         )
         await task_store.notify_changed(conn, row.id)
     return CreatedTask(task=task, warnings=warnings)
 
 
-async def get_task(db: asyncpg.Pool, task_id: UUID, *, caller: Agent | None = None) -> Task:
-    """One task. `caller` is who reads (None: the local owner); reads are not scoped to it yet."""
+async def get_task(db: asyncpg.Pool, caller: Agent, task_id: UUID) -> Task:
     async with db.acquire() as conn:
-        return to_task(await task_store.get(conn, task_id))
+        return to_task(await access.task(conn, caller, task_id))
 
 
 async def list_tasks(
     db: asyncpg.Pool,
+    caller: Agent,
     *,
     status: TaskStatus | None,
     schedule_kind: ScheduleKind | None,
     limit: int,
     cursor: str | None,
-    caller: Agent | None = None,
 ) -> tuple[list[Task], str | None]:
-    """Tasks newest first, a page at a time. `caller`: who reads (not scoped to it yet)."""
+    """Tasks newest first, a page at a time: the caller's own, or every agent's for an admin."""
     before = decode_cursor(cursor)
     async with db.acquire() as conn:
         rows = await task_store.list_page(
-            conn, status=status, schedule_kind=schedule_kind, before=before, limit=limit + 1
+            conn,
+            status=status,
+            schedule_kind=schedule_kind,
+            before=before,
+            limit=limit + 1,
+            created_by=access.owner_filter(caller),
         )
     rows, next_cursor = page(rows, limit)
     return [to_task(r) for r in rows], next_cursor

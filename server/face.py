@@ -15,17 +15,23 @@ from typing import Any
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import Server
 from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ResourceNotFoundError
+from mcp.shared.exceptions import MCPError
 from mcp_types import (
+    INVALID_PARAMS,
     EmptyResult,
     ListResourcesResult,
     PaginatedRequestParams,
     SubscribeRequestParams,
+    SubscriptionsListenRequestParams,
     UnsubscribeRequestParams,
 )
 
 from pao_orchestrator.server.live import LegacySubscriptions
 
 ListPage = Callable[[str | None], Awaitable[ListResourcesResult]]
+Visible = Callable[[str], Awaitable[None]]
+"""Raises ResourceNotFoundError when the caller may not read the resource at this URI."""
 
 
 def lowlevel(mcp: MCPServer[Any]) -> Server[Any]:
@@ -48,11 +54,13 @@ def serve_paged_resource_list(mcp: MCPServer[Any], list_page: ListPage) -> None:
     lowlevel(mcp).add_request_handler("resources/list", PaginatedRequestParams, handler)
 
 
-def serve_legacy_subscriptions(mcp: MCPServer[Any], subscriptions: LegacySubscriptions) -> None:
+def serve_legacy_subscriptions(mcp: MCPServer[Any], subscriptions: LegacySubscriptions, visible: Visible) -> None:
     """Serve `resources/subscribe` and `resources/unsubscribe` (and so advertise `subscribe` to clients of
-    protocol versions before 2026-07-28, which have no `subscriptions/listen`)."""
+    protocol versions before 2026-07-28, which have no `subscriptions/listen`). Subscribing to a resource
+    the caller may not read is refused as "not found", like reading it."""
 
     async def subscribe(ctx: ServerRequestContext[Any, Any], params: SubscribeRequestParams) -> EmptyResult:
+        await _check_visible(visible, str(params.uri))
         subscriptions.subscribe(ctx, str(params.uri))
         return EmptyResult()
 
@@ -63,3 +71,27 @@ def serve_legacy_subscriptions(mcp: MCPServer[Any], subscriptions: LegacySubscri
     server = lowlevel(mcp)
     server.add_request_handler("resources/subscribe", SubscribeRequestParams, subscribe)
     server.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, unsubscribe)
+
+
+async def _check_visible(visible: Visible, uri: str) -> None:
+    try:
+        await visible(uri)
+    except ResourceNotFoundError as exc:
+        raise MCPError(INVALID_PARAMS, str(exc)) from None
+
+
+def guard_listen(mcp: MCPServer[Any], visible: Visible) -> None:
+    """Put the same check in front of the SDK's own `subscriptions/listen` handler: a listen naming a
+    resource the caller may not read is refused before the stream opens, as "not found"."""
+    server = lowlevel(mcp)
+    entry = server.get_request_handler("subscriptions/listen")
+    if entry is None:  # subscriptions switched off: nothing to guard
+        return
+    inner = entry.handler
+
+    async def listen(ctx: ServerRequestContext[Any, Any], params: SubscriptionsListenRequestParams) -> Any:
+        for uri in params.notifications.resource_subscriptions or ():
+            await _check_visible(visible, str(uri))
+        return await inner(ctx, params)
+
+    server.add_request_handler("subscriptions/listen", SubscriptionsListenRequestParams, listen)

@@ -45,7 +45,7 @@ def register_prompts(mcp: MCPServer[Any], engine: Engine, caller: Callable[[], A
     ) -> str:
         """Read a run and explain what happened, what failed and what to change."""
         try:
-            run = await engine.get_run(UUID(run_id), caller=caller())
+            run = await engine.get_run(caller(), UUID(run_id))
         except ValueError:
             raise MCPError(INVALID_PARAMS, f"run_id {run_id!r} is not a UUID") from None
         except PaoError as exc:

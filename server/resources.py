@@ -97,12 +97,12 @@ def register_resources(
 
     @mcp.resource(TASK_URI, name="task", title="Task", mime_type=JSON, description="A task, as get_task returns it.")
     async def task(task_id: str) -> str:
-        return await _read(lambda: engine.get_task(_uuid(task_id, "task_id"), caller=caller()))
+        return await _read(lambda: engine.get_task(caller(), _uuid(task_id, "task_id")))
 
     @mcp.resource(RUN_URI, name="run", title="Run", mime_type=JSON, description="A run, as get_run returns it.")
     async def run(run_id: str) -> str:
         async def read() -> Run:
-            return bounded_run(await engine.get_run(_uuid(run_id, "run_id"), caller=caller()))
+            return bounded_run(await engine.get_run(caller(), _uuid(run_id, "run_id")))
 
         return await _read(read)
 
@@ -114,7 +114,7 @@ def register_resources(
         description="The newest attempt of one step of a run, with its full input and output.",
     )
     async def step(run_id: str, step_id: str) -> str:
-        return await _read(lambda: engine.get_step(_uuid(run_id, "run_id"), step_id, caller=caller()))
+        return await _read(lambda: engine.get_step(caller(), _uuid(run_id, "run_id"), step_id))
 
     @mcp.resource(HEALTH_URI, name="health", title="Health", mime_type=JSON, description="As the health tool.")
     async def health_resource() -> str:
@@ -136,7 +136,7 @@ async def list_resources_page(
 ) -> ListResourcesResult:
     """One page of `resources/list`: the fixed resources first, then tasks newest first."""
     try:
-        tasks, next_cursor = await engine.list_tasks(limit=LIST_PAGE, cursor=cursor, caller=caller)
+        tasks, next_cursor = await engine.list_tasks(caller, limit=LIST_PAGE, cursor=cursor)
     except PaoError as exc:
         raise ResourceError(str(exc)) from exc
     listed = [
@@ -150,3 +150,19 @@ async def list_resources_page(
         for t in tasks
     ]
     return ListResourcesResult(resources=(fixed if cursor is None else []) + listed, next_cursor=next_cursor)
+
+
+def visibility(engine: Engine, caller: Callable[[], Agent]) -> Callable[[str], Awaitable[None]]:
+    """A check that the caller may read the task or run a `pao://` URI names (ResourceNotFoundError, the same
+    as for one that does not exist, when not); other URIs pass (a subscription to them never fires)."""
+
+    async def visible(uri: str) -> None:
+        parts = uri.removeprefix("pao://").split("/")
+        if not uri.startswith("pao://") or len(parts) < 2:
+            return
+        if parts[0] == "tasks":
+            await _read(lambda: engine.get_task(caller(), _uuid(parts[1], "task_id")))
+        elif parts[0] == "runs":
+            await _read(lambda: engine.get_run(caller(), _uuid(parts[1], "run_id")))
+
+    return visible

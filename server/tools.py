@@ -18,6 +18,7 @@ from mcp.server.mcpserver import Context
 from pydantic import BaseModel, Field, Strict
 
 from pao_orchestrator.engine import MAX_WAIT_SECONDS, Agent, Engine, Run, RunStep, RunSummary, Task, TaskSpec
+from pao_orchestrator.server.admin_tools import register_admin_tools
 from pao_orchestrator.server.metadata import (
     CANCEL,
     CREATE,
@@ -111,8 +112,7 @@ def register_tools(tools: ToolSet, engine: Engine, caller: Callable[[], Agent]) 
         Steps: {id, uses: '<server>.<tool>', with, save_as?, timeout_seconds?}. Checked before saving
         (servers, tools, argument types, templates); errors name the field. Try schedules with
         preview_schedule and pipelines with run_now. DST: a skipped wall time fires after the gap, a
-        repeated one fires once. payload.on_failure steps run when a run fails for good (${run.error});
-        pause_after_failures pauses the task after N failures in a row."""
+        repeated one fires once."""
         created = await engine.create_task(caller(), arguments)
         return CreateTaskResult(task=created.task, warnings=created.warnings)
 
@@ -123,7 +123,7 @@ def register_tools(tools: ToolSet, engine: Engine, caller: Callable[[], Agent]) 
     @tool_errors
     async def get_task(task_id: TaskId) -> Task:
         """One task: schedule, pipeline, policies, status, next fire times."""
-        return await engine.get_task(task_id, caller=caller())
+        return await engine.get_task(caller(), task_id)
 
     @tools.tool(name="list_tasks", title="List tasks", annotations=READ)
     @tool_errors
@@ -135,7 +135,7 @@ def register_tools(tools: ToolSet, engine: Engine, caller: Callable[[], Agent]) 
     ) -> TaskList:
         """Tasks, newest first."""
         tasks, next_cursor = await engine.list_tasks(
-            status=status, schedule_kind=schedule_kind, limit=limit, cursor=cursor, caller=caller()
+            caller(), status=status, schedule_kind=schedule_kind, limit=limit, cursor=cursor
         )
         return TaskList(tasks=tasks, next_cursor=next_cursor)
 
@@ -153,7 +153,7 @@ def register_tools(tools: ToolSet, engine: Engine, caller: Callable[[], Agent]) 
             outcome = "succeeded" if step.status == StepStatus.SUCCEEDED else step.status.value
             await ctx.report_progress(finished, max(total, finished), f"step {step.step_id} {outcome}")
 
-        run = await engine.wait_for_run(started.id, timeout=wait, on_step=progress, caller=who)
+        run = await engine.wait_for_run(who, started.id, timeout=wait, on_step=progress)
         return RunNowResult(run_id=run.id, status=run.status, reason=run.reason, run=bounded_run(run))
 
     @tools.tool(name="get_run", title="Get run", annotations=READ)
@@ -169,8 +169,8 @@ def register_tools(tools: ToolSet, engine: Engine, caller: Callable[[], Agent]) 
         """One run: status, reason, error, outputs, every step of every attempt. A step input or output
         over 16 KB is cut, naming its pao://runs/{run_id}/steps/{step_id} resource."""
         if wait_seconds > 0:
-            return bounded_run(await engine.wait_for_run(run_id, timeout=wait_seconds, caller=caller()))
-        return bounded_run(await engine.get_run(run_id, caller=caller()))
+            return bounded_run(await engine.wait_for_run(caller(), run_id, timeout=wait_seconds))
+        return bounded_run(await engine.get_run(caller(), run_id))
 
     @tools.tool(name="cancel_run", title="Cancel run", annotations=CANCEL)
     @tool_errors
@@ -187,9 +187,7 @@ def register_tools(tools: ToolSet, engine: Engine, caller: Callable[[], Agent]) 
         cursor: Cursor = None,
     ) -> RunList:
         """Runs, newest first, without steps. Skipped runs say why a fire did not run."""
-        runs, next_cursor = await engine.list_runs(
-            task_id=task_id, status=status, limit=limit, cursor=cursor, caller=caller()
-        )
+        runs, next_cursor = await engine.list_runs(caller(), task_id=task_id, status=status, limit=limit, cursor=cursor)
         return RunList(runs=runs, next_cursor=next_cursor)
 
     @tools.tool(name="list_downstream_tools", title="List downstream tools", annotations=READ_OPEN)
@@ -214,4 +212,5 @@ def register_tools(tools: ToolSet, engine: Engine, caller: Callable[[], Agent]) 
         return Health.model_validate({"status": "ok", **await engine.health()})
 
     register_schedule_tools(tools, engine, caller)
+    register_admin_tools(tools, engine, caller)
     return Reads(health=health_read, downstream=downstream)

@@ -227,11 +227,25 @@ async def list_page(
     status: RunStatus | None,
     before: tuple[datetime, UUID] | None,
     limit: int,
+    created_by: UUID | None = None,
 ) -> list[RunRecord]:
+    """A page of runs, newest first; only of `created_by`'s tasks when given."""
     rows = await conn.fetch(
-        sql("list_runs"), task_id, status, before[0] if before else None, before[1] if before else None, limit
+        sql("list_runs"),
+        task_id,
+        status,
+        before[0] if before else None,
+        before[1] if before else None,
+        limit,
+        created_by,
     )
     return [RunRecord.from_row(r) for r in rows]
+
+
+async def owner(conn: asyncpg.Connection, run_id: UUID) -> UUID | None:
+    """The agent that created the run's task; None when there is no such run."""
+    found: UUID | None = await conn.fetchval(sql("run_owner"), run_id)
+    return found
 
 
 async def active_of_task(conn: asyncpg.Connection, task_id: UUID) -> list[tuple[UUID, RunStatus]]:

@@ -69,8 +69,14 @@ SELECT * FROM runs
 WHERE ($1::uuid IS NULL OR task_id = $1)
   AND ($2::text IS NULL OR status = $2)
   AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4::uuid))
+  -- An agent without admin lists only the runs of its own tasks.
+  AND ($6::uuid IS NULL OR task_id IN (SELECT id FROM tasks WHERE created_by = $6))
 ORDER BY created_at DESC, id DESC
 LIMIT $5;
+
+-- name: run_owner
+-- Who may see a run: the agent that created its task (runs belong to their task's agent).
+SELECT t.created_by FROM runs r JOIN tasks t ON t.id = r.task_id WHERE r.id = $1;
 
 -- name: active_runs_of_task
 SELECT id, status FROM runs WHERE task_id = $1 AND status IN ('queued', 'running') ORDER BY created_at;

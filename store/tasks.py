@@ -162,7 +162,9 @@ async def list_page(
     schedule_kind: ScheduleKind | None,
     before: tuple[datetime, UUID] | None,
     limit: int,
+    created_by: UUID | None = None,
 ) -> list[TaskRecord]:
+    """A page of tasks, newest first; only `created_by`'s when given."""
     rows = await conn.fetch(
         sql("list_tasks"),
         status,
@@ -170,6 +172,7 @@ async def list_page(
         before[0] if before else None,
         before[1] if before else None,
         limit,
+        created_by,
     )
     return [TaskRecord.from_row(r) for r in rows]
 

@@ -22,6 +22,8 @@ SELECT * FROM tasks
 WHERE ($1::text IS NULL OR status = $1)
   AND ($2::text IS NULL OR schedule_kind = $2)
   AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4::uuid))
+  -- An agent without admin lists only its own tasks.
+  AND ($6::uuid IS NULL OR created_by = $6)
 ORDER BY created_at DESC, id DESC
 LIMIT $5;
 

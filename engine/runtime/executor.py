@@ -3,9 +3,10 @@
 Every step is written to `run_steps` as soon as it ends, so a crash loses at
 most the step in flight. A retry (or a run taken over after a lost lease)
 resumes at the first step that has not succeeded; earlier outputs are reused,
-never recomputed, and with the real values: an output that held a secret is
-stored shown as *** and sealed (the secret replaced by a mark naming it), and a
-resume puts the secret back from the environment (see `templating.seal`).
+never recomputed. A secret reaches only the arguments of a downstream call: an
+output that echoes one is masked (***) before it is stored *and* before later
+steps read it, so no template can transform a secret into something masking
+would miss; an output with a secret in an object key fails its step.
 
 Before each step the worker makes sure it still holds the run's lease, so a
 worker that was stopped (SIGSTOP, a long GC pause, a frozen VM) past its lease
@@ -242,6 +243,9 @@ class Executor:
                     step_record=stopped.record,
                 )
                 return Outcome.CANCELLED
+            # Later steps see the output as it is stored: a secret a tool echoed back is *** there too,
+            # so no later template can pass it through a filter into something masking would miss.
+            output = _scrub(output, secrets.used_values())
             outputs_by_step[step.id] = output
             if step.save_as:
                 saved[step.save_as] = output
@@ -331,6 +335,13 @@ class Executor:
                 if problem is not None:
                     # Not retryable: the same call would most likely answer the same way.
                     raise StepError(f"{step.uses} returned an output that {problem}", retryable=False)
+                where = templating.secret_in_keys(output, secrets.used_values())
+                if where is not None:
+                    raise StepError(
+                        f"{step.uses} returned an output with a secret's value in an object key (in {where}); "
+                        "keys are never masked, so it cannot be stored or passed on",
+                        retryable=False,
+                    )
         except StepError as exc:
             record = self._step_record(
                 run, index, step, StepStatus.FAILED, arguments, None, str(exc), started, t0, secrets
@@ -458,7 +469,9 @@ class Executor:
             error=storable.text(_scrub(error, used)),
             started_at=started,
             duration_ms=duration * 1000,
-            output_sealed=templating.seal(output, secrets.used()) if used and output is not None else None,
+            # Outputs go on masked (see _execute), so there is nothing to seal: a resume reads what
+            # the first attempt passed on. Rows sealed by earlier versions are still unsealed.
+            output_sealed=None,
         )
 
     async def _write_step(self, run: ClaimedRun, record: StepRecord, row_id: int | None) -> None:
@@ -529,6 +542,7 @@ class Executor:
                 # Cancelled while its on_failure steps ran: the run still ends failed, the rest are not run.
                 failed.append(step.id)
                 break
+            output = _scrub(output, secrets.used_values())
             progress.outputs[step.id] = output
             if step.save_as:
                 progress.saved[step.save_as] = output

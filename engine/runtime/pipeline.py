@@ -6,21 +6,14 @@ task services check it before it is saved.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pao_orchestrator.contracts import MAX_PAYLOAD_CHARS, MAX_STEP_ARGUMENTS_CHARS
+from pao_orchestrator.engine.runtime import storable
+
 _IDENT = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
-MAX_PAYLOAD_CHARS = 256 * 1024
-"""A task's payload is at most this many characters of compact JSON."""
-MAX_WITH_CHARS = 64 * 1024
-"""A step's literal `with` is at most this many characters of compact JSON (what it renders to is bounded
-by PAO_MAX_VALUE_BYTES)."""
-
-
-def json_size(value: Any) -> int:
-    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str))
 
 
 class PipelineStep(BaseModel):
@@ -42,13 +35,12 @@ class PipelineStep(BaseModel):
     save_as: str | None = Field(default=None, pattern=_IDENT, description="Bind the output as ${<save_as>}, kept.")
     timeout_seconds: float | None = Field(default=None, gt=0, le=3600, description="Default 60.")
 
-    @field_validator("with_")
+    @field_validator("with_", mode="before")
     @classmethod
-    def _bounded(cls, value: dict[str, Any]) -> dict[str, Any]:
-        size = json_size(value)
-        if size > MAX_WITH_CHARS:
+    def _bounded(cls, value: Any) -> Any:
+        if isinstance(value, dict) and storable.larger_than(value, MAX_STEP_ARGUMENTS_CHARS):
             raise ValueError(
-                f"'with' is {size:,} characters of JSON, over the {MAX_WITH_CHARS:,} a step may hold; "
+                f"is larger than {MAX_STEP_ARGUMENTS_CHARS:,} characters of JSON (the limit of a step's 'with'); "
                 "pass large data between steps with templates instead"
             )
         return value
@@ -71,16 +63,15 @@ class Payload(BaseModel):
     on_failure: list[PipelineStep] = Field(
         default_factory=list,
         max_length=20,
-        description="Steps run once when a run fails for good (no retry left); they may read ${run.error}.",
+        description="Run once when a run fails for good; may read ${run.error}.",
     )
 
     @model_validator(mode="before")
     @classmethod
-    def _bounded(cls, data: Any) -> Any:
-        size = json_size(data)
-        if size > MAX_PAYLOAD_CHARS:
-            raise ValueError(f"payload is {size:,} characters of JSON, over the {MAX_PAYLOAD_CHARS:,} a task may hold")
-        return data
+    def _bounded(cls, value: Any) -> Any:
+        if isinstance(value, dict) and storable.larger_than(value, MAX_PAYLOAD_CHARS):
+            raise ValueError(f"is larger than {MAX_PAYLOAD_CHARS:,} characters of JSON (the limit of a task's payload)")
+        return value
 
     @model_validator(mode="after")
     def _unique_names(self) -> Payload:

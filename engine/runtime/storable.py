@@ -76,6 +76,30 @@ def problem(value: Any, limit: int) -> str | None:
     return None
 
 
+def larger_than(value: Any, limit: int) -> bool:
+    """Whether `value` takes more than `limit` characters of JSON (about: strings by length, others by
+    a few), walking no more of it than that."""
+    left = limit
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            left -= len(item) + 2
+        elif isinstance(item, Mapping):
+            left -= 2
+            for key, sub in item.items():
+                left -= len(str(key)) + 4
+                stack.append(sub)
+        elif isinstance(item, (list, tuple)):
+            left -= len(item) + 2
+            stack.extend(item)
+        else:
+            left -= 8
+        if left < 0:
+            return True
+    return False
+
+
 def text(value: str | None) -> str | None:
     """An error or reason as Postgres text can hold it: NUL spelt `\\0`, at most MAX_TEXT characters."""
     if value is None:

@@ -14,18 +14,29 @@ from pao_orchestrator.engine.templating.checks import (
 from pao_orchestrator.engine.templating.errors import TemplateError
 from pao_orchestrator.engine.templating.rendering import build_context, is_templated, needs_isolation, render
 from pao_orchestrator.engine.templating.sandbox import MAX_OUTPUT, MAX_TEMPLATE_LENGTH, SIMPLE_FILTERS
-from pao_orchestrator.engine.templating.secrets import REDACTED, Secrets, redact, seal, unseal
+from pao_orchestrator.engine.templating.secrets import (
+    MIN_SECRET_LENGTH,
+    REDACTED,
+    Secrets,
+    check_secrets,
+    redact,
+    seal,
+    secret_in_keys,
+    unseal,
+)
 
 __all__ = [
     "ALLOWED_ROOTS",
     "MAX_OUTPUT",
     "MAX_TEMPLATE_LENGTH",
+    "MIN_SECRET_LENGTH",
     "REDACTED",
     "SIMPLE_FILTERS",
     "Secrets",
     "TemplateError",
     "build_context",
     "check_pipeline_templates",
+    "check_secrets",
     "check_template",
     "is_templated",
     "needs_isolation",
@@ -33,5 +44,6 @@ __all__ = [
     "references",
     "render",
     "seal",
+    "secret_in_keys",
     "unseal",
 ]

@@ -14,6 +14,7 @@ from typing import Any, Final
 
 from jinja2.exceptions import TemplateSyntaxError
 
+from pao_orchestrator.contracts import BUILTIN_SERVER
 from pao_orchestrator.engine.templating.errors import TemplateError, join_path, kind_of, list_names, quote
 from pao_orchestrator.engine.templating.sandbox import SIMPLE_FILTERS, Path, parse_template, syntax_message, unescape
 from pao_orchestrator.errors import InvalidArgument
@@ -55,6 +56,8 @@ class _Scope:
     simple_only: bool = False
     # Names templates can never read here, with why (e.g. 'event' on a clock-driven task).
     absent: Mapping[str, str] = dataclass_field(default_factory=dict)
+    # Why this field may not read secrets at all (a built-in step hands its arguments back), or None.
+    secrets_refused: str | None = None
 
 
 def check_template(
@@ -123,8 +126,19 @@ def check_pipeline_templates(
             own_name=names[at],
             later_steps={s: j - offset for j, s in enumerate(ids) if j > at and s},
             later_names={n: j - offset for j, n in enumerate(names) if j > at and n and n not in earlier_names},
+            secrets_refused=_BUILTIN_SECRETS if _is_builtin(step.get("uses")) else None,
         )
         _check_value(step["with"], f"{field}[{index}].with", scope)
+
+
+_BUILTIN_SECRETS: Final = (
+    "a built-in pao step cannot receive a secret: its arguments come back as its output or go into "
+    "an event, where later steps could read and transform them; send secrets only to downstream tools"
+)
+
+
+def _is_builtin(uses: Any) -> bool:
+    return isinstance(uses, str) and uses.split(".", 1)[0] == BUILTIN_SERVER
 
 
 def _string_leaves(value: Any, field: str) -> Iterator[tuple[str, str]]:
@@ -153,6 +167,12 @@ def _check_source(source: str, scope: _Scope) -> str | None:
         return f"syntax error: {syntax_message(exc)}"
     if compiled.includes:
         return "include, import and extends are not available in pipeline templates"
+    if compiled.secret_misuse is not None:
+        return compiled.secret_misuse
+    if compiled.dunder is not None:
+        return f"{compiled.dunder!r}: names with double underscores are not available in templates"
+    if scope.secrets_refused is not None and any(chain[0] == "secrets" for chain in compiled.chains):
+        return scope.secrets_refused
     if scope.simple_only and not compiled.simple:
         return (
             "a key may only read values, with filters such as lower, trim or default, tests and "

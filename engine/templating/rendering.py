@@ -154,6 +154,9 @@ def _render_str(source: str, context: Mapping[str, Any], field: str) -> Any:
     compiled: Compiled | None = None
     try:
         compiled = compile_template(unescape(source))
+        if compiled.parsed.secret_misuse is not None:
+            # Checked when the task was saved; checked again here, before anything is evaluated.
+            raise ValueProblem(compiled.parsed.secret_misuse)
         ctx = compiled.template.new_context(dict(context))
         if compiled.exact:
             for _ in compiled.template.root_render_func(ctx):

@@ -229,6 +229,13 @@ class Parsed:
     # larger than its input. Its cost is linear in what it reads, so it may render in-process;
     # anything else renders in an isolated process with a deadline and a memory limit.
     simple: bool
+    # Why this template's use of `secrets` is refused, or None. A secret may only be written out
+    # whole: `${secrets.NAME}` as the entire template or as one plain part of its text. Anything
+    # else (a filter, a slice, a comparison, a loop, an assignment) could transform it into text
+    # that no after-the-fact masking recognises, so it is refused before it can run.
+    secret_misuse: str | None = None
+    # A dunder attribute it reads (`__class__`, `__globals__`...): never data, always an escape attempt.
+    dunder: str | None = None
 
 
 @dataclass(frozen=True)
@@ -270,7 +277,15 @@ def parse_template(source: str) -> Parsed:
     undeclared = _undeclared(ast)
     includes = any(True for _ in meta.find_referenced_templates(ast))
     chains = tuple(c for c in _chains(ast) if c[0] in undeclared)
-    return Parsed(_single_expression(ast) is not None, chains, frozenset(undeclared), includes, _is_simple(ast))
+    return Parsed(
+        _single_expression(ast) is not None,
+        chains,
+        frozenset(undeclared),
+        includes,
+        _is_simple(ast),
+        _secret_misuse(ast),
+        next((n.attr for n in ast.find_all(nodes.Getattr) if n.attr.startswith("__")), None),
+    )
 
 
 @functools.lru_cache(maxsize=4096)
@@ -363,6 +378,33 @@ def _is_simple(ast: nodes.Template) -> bool:
         if isinstance(node, (nodes.Name, nodes.Output)):
             count += 1
     return count <= _SIMPLE_MAX_NODES
+
+
+SECRET_USE_RULE: Final = (
+    "a secret can only be written out whole, as ${secrets.NAME} alone or inside plain text "
+    "('Bearer ${secrets.TOKEN}'), in an argument sent to a downstream tool; filters, slices, "
+    "comparisons, loops and assignments on it are refused, so no transformation can carry its "
+    "value past the masking of stored and returned values"
+)
+
+
+def _is_plain_secret(node: nodes.Node) -> bool:
+    """`secrets.NAME` or `secrets['NAME']`: a secret read by a fixed name, nothing applied to it."""
+    by_name = isinstance(node, nodes.Getattr) or (
+        isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str)
+    )
+    target = getattr(node, "node", None)
+    return by_name and isinstance(target, nodes.Name) and target.name == "secrets" and target.ctx == "load"
+
+
+def _secret_misuse(ast: nodes.Template) -> str | None:
+    """SECRET_USE_RULE when `secrets` appears anywhere but as a plain part of a top-level output."""
+    plain = 0
+    for statement in ast.body:
+        if isinstance(statement, nodes.Output):
+            plain += sum(1 for part in statement.nodes if _is_plain_secret(part))
+    every = sum(1 for name in ast.find_all(nodes.Name) if name.name == "secrets")
+    return SECRET_USE_RULE if every > plain else None
 
 
 def _chains(node: nodes.Node) -> Iterator[Path]:

@@ -11,9 +11,29 @@ from typing import Any, Final
 
 from pao_orchestrator.contracts import SECRET_ENV_PREFIX as SECRET_PREFIX
 from pao_orchestrator.engine.templating.errors import TemplateError
+from pao_orchestrator.errors import ConfigurationError
 
 REDACTED: Final = "***"
-MIN_REDACT_LENGTH: Final = 4
+MIN_SECRET_LENGTH: Final = 8
+"""The shortest secret value accepted. Every secret is masked wherever it appears, whatever its
+length; a value shorter than this would mask ordinary text ("zone", "1") and, worse, be guessable.
+`check_secrets` refuses such values when the orchestrator starts."""
+
+
+def check_secrets(environ: Mapping[str, str]) -> None:
+    """Refuse `PAO_SECRET_*` values that are empty or shorter than MIN_SECRET_LENGTH, naming them
+    (never their values); ConfigurationError lists every offender at once."""
+    short = sorted(
+        key
+        for key, value in environ.items()
+        if key.startswith(SECRET_PREFIX) and len(key) > len(SECRET_PREFIX) and len(value) < MIN_SECRET_LENGTH
+    )
+    if short:
+        raise ConfigurationError(
+            f"{', '.join(short)}: a secret must be at least {MIN_SECRET_LENGTH} characters long "
+            "(a shorter one would be guessable, and masking it would rewrite ordinary text); "
+            "set a longer value or unset it"
+        )
 
 
 class Secrets:
@@ -27,6 +47,7 @@ class Secrets:
     __slots__ = ("_used", "_values")
 
     def __init__(self, environ: Mapping[str, str]) -> None:
+        check_secrets(environ)
         self._values: dict[str, str] = {
             key[len(SECRET_PREFIX) :]: value
             for key, value in environ.items()
@@ -82,23 +103,45 @@ class Secrets:
 
 
 def redact(value: Any, secret_values: Iterable[str]) -> Any:
-    """A deep copy of `value` with every secret value (of 4+ characters) in strings and keys replaced by ***.
+    """A deep copy of `value` with every secret value in its strings replaced by ***.
 
-    Shorter values are left alone: redacting "1" or "ab" everywhere would
-    destroy unrelated text and protect nothing.
+    Object keys are never rewritten (a key is a name, not data: see `secret_in_keys`, which
+    callers use to refuse a value whose keys hold a secret).
     """
-    wanted = {s for s in secret_values if isinstance(s, str) and len(s) >= MIN_REDACT_LENGTH}
+    wanted = {s for s in secret_values if isinstance(s, str) and s}
     if not wanted:
         return _redact(value, None)
     alternatives = sorted(wanted, key=len, reverse=True)  # longest first when one contains another
     return _redact(value, re.compile("|".join(re.escape(s) for s in alternatives)))
 
 
+def secret_in_keys(value: Any, secret_values: Iterable[str]) -> str | None:
+    """The path of the first object whose keys hold a secret value, or None.
+
+    Masking does not rewrite keys, so a value with a secret in a key cannot be stored or passed
+    on; the caller refuses it (the path names where, never the key itself).
+    """
+    wanted = [s for s in secret_values if isinstance(s, str) and s]
+    if not wanted:
+        return None
+    stack: list[tuple[Any, str]] = [(value, "output")]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, Mapping):
+            for key, sub in item.items():
+                if isinstance(key, str) and any(secret in key for secret in wanted):
+                    return where
+                stack.append((sub, f"{where}.{key}"))  # this key holds no secret: it may be named
+        elif isinstance(item, (list, tuple)):
+            stack.extend((sub, f"{where}[{index}]") for index, sub in enumerate(item))
+    return None
+
+
 def _redact(value: Any, pattern: re.Pattern[str] | None) -> Any:
     if isinstance(value, str):
         return pattern.sub(REDACTED, value) if pattern is not None else value
     if isinstance(value, Mapping):
-        return {_redact(k, pattern): _redact(v, pattern) for k, v in value.items()}
+        return {k: _redact(v, pattern) for k, v in value.items()}
     if isinstance(value, list):
         return [_redact(v, pattern) for v in value]
     if isinstance(value, tuple):
@@ -115,12 +158,12 @@ _CLOSE: Final = "\ue001"
 
 
 def seal(value: Any, used: Mapping[str, str]) -> dict[str, Any] | None:
-    """`value` with every secret in `used` (name -> value, 4+ characters) replaced by a mark naming it.
+    """`value` with every secret in `used` (name -> value) replaced by a mark naming it.
 
     None when no such secret occurs in `value` (it can be stored and reused as it is). The result
     holds names, never values: `unseal` puts the values back.
     """
-    wanted = {v: k for k, v in used.items() if isinstance(v, str) and len(v) >= MIN_REDACT_LENGTH}
+    wanted = {v: k for k, v in used.items() if isinstance(v, str) and v}
     if not wanted:
         return None
     pattern = re.compile("|".join(re.escape(s) for s in sorted(wanted, key=len, reverse=True)))

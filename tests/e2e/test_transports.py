@@ -15,14 +15,19 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx2
 import mcp_types as types
 import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.sse import sse_client
+from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPDeprecationWarning
 
 from tests.e2e.test_stdio import server_params
 from tests.engine.support import task_args
+from tests.server.serving import create_agent
+
+EVERYTHING = "tasks:read,tasks:write,runs:read,runs:write"
 
 PIPELINE = [
     {"id": "a", "uses": "pao.sleep", "with": {"seconds": 0.3}},
@@ -63,15 +68,23 @@ def serving(params: StdioServerParameters, transport: str) -> Iterator[str]:
 
 
 @asynccontextmanager
-async def connect(kind: str, params: StdioServerParameters, **options: Any) -> AsyncIterator[Client]:
+async def connect(kind: str, params: StdioServerParameters, token: str, **options: Any) -> AsyncIterator[Client]:
+    """stdio as the local owner; HTTP and SSE as an agent with a bearer token (the transports need one)."""
     if kind == "stdio":
         async with Client(params, **options) as client:
             yield client
         return
     with serving(params, "http" if kind == "http" else "sse") as base:
-        target: Any = f"{base}/mcp" if kind == "http" else sse_client(f"{base}/sse")
-        async with Client(target, **options) as client:
-            yield client
+        headers = {"Authorization": f"Bearer {token}"}
+        if kind == "http":
+            async with (
+                httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=300)) as http,
+                Client(streamable_http_client(f"{base}/mcp", http_client=http), **options) as client,
+            ):
+                yield client
+        else:
+            async with Client(sse_client(f"{base}/sse", headers=headers), **options) as client:
+                yield client
 
 
 async def ok(client: Client, tool: str, arguments: dict[str, Any], **kw: Any) -> dict[str, Any]:
@@ -86,6 +99,7 @@ async def test_live_updates_progress_and_cancel_in_flight(
     database_url: str, mcp_config: Path, tmp_path: Path, kind: str
 ) -> None:
     params = server_params(database_url, mcp_config, tmp_path)
+    token = "" if kind.startswith("stdio") else create_agent(database_url, tmp_path, mcp_config, "live", EVERYTHING)
     updated: list[str] = []
 
     async def on_message(message: Any) -> None:
@@ -102,7 +116,7 @@ async def test_live_updates_progress_and_cancel_in_flight(
     kind = kind.removesuffix("-legacy")
     options: dict[str, Any] = {"mode": "legacy", "message_handler": on_message} if legacy else {}
     with anyio.fail_after(90):
-        async with connect(kind, params, **options) as client:
+        async with connect(kind, params, token, **options) as client:
             task = (await ok(client, "create_task", task_args(PIPELINE)))["task"]
             if legacy:
                 caps = client.server_capabilities.resources

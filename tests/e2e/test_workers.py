@@ -72,12 +72,14 @@ async def test_kill_9_mid_run_another_worker_takes_over_after_the_lease(
         run_id = (await engine.run_now(engine.owner, task_id)).id
         # Killed inside the 2 s step: "first" is recorded, "wait" shows as running.
         async with asyncio.timeout(30):
-            while ("wait", "running") not in {(s.step_id, s.status) for s in (await engine.get_run(run_id)).steps}:
+            while ("wait", "running") not in {
+                (s.step_id, s.status) for s in (await engine.get_run(engine.owner, run_id)).steps
+            }:
                 await asyncio.sleep(0.05)
         assert calls(first) == 1
         workers[0].send_signal(signal.SIGKILL)
         workers[0].wait(timeout=10)
-        assert (await engine.get_run(run_id)).status == "running"
+        assert (await engine.get_run(engine.owner, run_id)).status == "running"
 
         workers.append(start_worker(database_url, fx_config, tmp_path, "w2"))
         run = await wait_run(engine, run_id, timeout=60)
@@ -102,7 +104,7 @@ async def test_sigterm_lets_the_running_step_finish_then_exits(
         await wait_run(engine, run_id, statuses=frozenset({"running"}))
         workers[0].send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(workers[0].wait, 20) == 0
-        run = await engine.get_run(run_id)
+        run = await engine.get_run(engine.owner, run_id)
     assert run.status == "succeeded"
 
 
@@ -116,7 +118,7 @@ async def test_sigterm_releases_runs_that_outlast_the_grace_period(
         await wait_run(engine, run_id, statuses=frozenset({"running"}))
         workers[0].send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(workers[0].wait, 20) == 0
-        run = await engine.get_run(run_id)
+        run = await engine.get_run(engine.owner, run_id)
     assert run.status == "queued"
     assert run.attempt == 1
     assert "released by worker" in (run.reason or "")
@@ -215,7 +217,10 @@ async def test_a_worker_stopped_past_its_lease_makes_no_call_and_no_write_when_i
         workers.append(start_worker(database_url, fx_config, tmp_path, "stale"))
         run_id = (await engine.run_now(engine.owner, task_id)).id
         async with asyncio.timeout(30):
-            while not any(s.step_id == "wait" and s.status == "running" for s in (await engine.get_run(run_id)).steps):
+            while not any(
+                s.step_id == "wait" and s.status == "running"
+                for s in (await engine.get_run(engine.owner, run_id)).steps
+            ):
                 await asyncio.sleep(0.05)
         workers[0].send_signal(signal.SIGSTOP)  # frozen mid-step, past its lease
         try:
@@ -233,7 +238,7 @@ async def test_a_worker_stopped_past_its_lease_makes_no_call_and_no_write_when_i
                 await asyncio.sleep(0.05)
         async with engine.db.acquire() as conn:
             after = [dict(r) for r in await conn.fetch("SELECT * FROM run_steps ORDER BY id")]
-            final = await engine.get_run(run_id)
+            final = await engine.get_run(engine.owner, run_id)
     assert calls(counter) == 1  # the downstream side effect happened once
     assert after == before  # and no row was rewritten after the run had finished
     assert (final.status, final.finished_at) == (run.status, run.finished_at)
@@ -247,7 +252,7 @@ async def test_the_steps_a_killed_worker_left_running_are_closed_as_abandoned(
         workers.append(start_worker(database_url, fx_config, tmp_path, "w1"))
         run_id = (await engine.run_now(engine.owner, task_id)).id
         async with asyncio.timeout(30):
-            while not any(s.status == "running" for s in (await engine.get_run(run_id)).steps):
+            while not any(s.status == "running" for s in (await engine.get_run(engine.owner, run_id)).steps):
                 await asyncio.sleep(0.05)
         async with engine.db.acquire() as conn:
             owner = await conn.fetchval("SELECT lease_owner FROM runs WHERE id = $1", run_id)

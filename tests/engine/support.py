@@ -57,7 +57,7 @@ async def create(engine: Engine, pipeline: list[dict[str, Any]], **fields: Any) 
 async def wait_run(engine: Engine, run_id: UUID, *, timeout: float = 30, statuses: frozenset[str] = TERMINAL) -> Run:
     async with asyncio.timeout(timeout):
         while True:
-            run = await engine.get_run(run_id)
+            run = await engine.get_run(engine.owner, run_id)
             if run.status in statuses:
                 return run
             await asyncio.sleep(0.05)

@@ -31,7 +31,9 @@ async def test_an_instant_out_of_range_is_refused_and_leaves_no_row(db: asyncpg.
         await create(db, schedule_kind="once", schedule_expr="9999-12-31T23:59:59.999999Z")
     assert refused.value.field == "schedule_expr"
     assert await counts(db) == (0, 0)
-    tasks, _ = await task_service.list_tasks(db, status=None, schedule_kind=None, limit=50, cursor=None)
+    tasks, _ = await task_service.list_tasks(
+        db, await owner(db), status=None, schedule_kind=None, limit=50, cursor=None
+    )
     assert tasks == []
 
 
@@ -103,9 +105,11 @@ async def test_one_task_whose_schedule_no_longer_evaluates_does_not_break_list_t
     bad = await new_task(db, "*/10 * * * *", created=NOW)
     async with db.acquire() as conn:
         await conn.execute("UPDATE tasks SET timezone = 'Mars/Olympus_Mons' WHERE id = $1", bad)
-    tasks, _ = await task_service.list_tasks(db, status=None, schedule_kind=None, limit=50, cursor=None)
+    tasks, _ = await task_service.list_tasks(
+        db, await owner(db), status=None, schedule_kind=None, limit=50, cursor=None
+    )
     by_id = {t.id: t for t in tasks}
     assert set(by_id) == {good, bad}
     assert by_id[good].next_fires and by_id[good].schedule_error is None
     assert by_id[bad].next_fires == [] and "Mars/Olympus_Mons" in (by_id[bad].schedule_error or "")
-    assert (await task_service.get_task(db, bad)).schedule_error is not None
+    assert (await task_service.get_task(db, await owner(db), bad)).schedule_error is not None

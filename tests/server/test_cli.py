@@ -3,56 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import pytest
-from mcp import Client
-from mcp.client.sse import sse_client
 
 from pao_orchestrator.store.migrator import discover
 from tests.conftest import with_database
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def get(url: str) -> tuple[int, dict[str, object]]:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return response.status, json.loads(response.read())
-
-
-def pao(
-    args: list[str], database_url: str, tmp_path: Path, mcp_config: Path, *, stderr: int | None = None
-) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "PAO_DATA_DIR": str(tmp_path / "data"),
-        "PAO_MCP_CONFIG": str(mcp_config),
-        "PAO_LOG_LEVEL": "WARNING",
-    }
-    return subprocess.Popen(
-        [sys.executable, "-m", "pao_orchestrator.server.cli", *args],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=stderr,
-    )
+from tests.server.serving import auth_headers, create_agent, free_port, get, http_client, pao, sse, wait_healthy
 
 
 async def test_migrate_applies_once_then_reports_up_to_date(pg_dsn: str, tmp_path: Path, mcp_config: Path) -> None:
@@ -73,29 +38,17 @@ async def test_migrate_applies_once_then_reports_up_to_date(pg_dsn: str, tmp_pat
     assert second[0].decode().strip() == "database is up to date"
 
 
-def wait_healthy(proc: subprocess.Popen[bytes], base: str, timeout: float = 60) -> None:
-    """Wait until `GET /health` answers 200 (or the server exits)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if get(f"{base}/health")[0] == 200:
-                return
-        except (OSError, urllib.error.URLError):
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError(f"pao serve exited with {proc.returncode}")
-        time.sleep(0.1)
-    raise TimeoutError(f"{base}/health did not answer within {timeout}s")
-
-
 @pytest.fixture
-def serving(database_url: str, tmp_path: Path, mcp_config: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+def serving(
+    database_url: str, tmp_path: Path, mcp_config: Path, request: pytest.FixtureRequest
+) -> Iterator[tuple[str, str]]:
+    token = create_agent(database_url, tmp_path, mcp_config, "cli-test", "tasks:read,runs:read")
     port = free_port()
     proc = pao(["serve", "--transport", request.param, "--port", str(port)], database_url, tmp_path, mcp_config)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(proc, base)
-        yield base
+        yield base, token
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -104,21 +57,25 @@ def serving(database_url: str, tmp_path: Path, mcp_config: Path, request: pytest
 
 
 @pytest.mark.parametrize("serving", ["http"], indirect=True)
-async def test_streamable_http_serves_tools_and_health_routes(serving: str) -> None:
-    _, ready = await asyncio.to_thread(get, f"{serving}/health/ready")
-    live, _ = await asyncio.to_thread(get, f"{serving}/health/live")
+async def test_streamable_http_serves_tools_and_health_routes(serving: tuple[str, str]) -> None:
+    base, token = serving
+    _, anonymous = await asyncio.to_thread(get, f"{base}/health/ready")
+    _, ready = await asyncio.to_thread(get, f"{base}/health/ready", auth_headers(token))
+    live, _ = await asyncio.to_thread(get, f"{base}/health/live")
+    assert anonymous == {"status": "ok"}  # nothing internal (worker host:pid, servers) for strangers
     assert ready["status"] == "ok" and ready["database"] == "ok"
     assert live == 200
     with anyio.fail_after(30):
-        async with Client(f"{serving}/mcp") as client:
+        async with http_client(base, token) as client:
             result = await client.call_tool("health", {})
     assert result.structured_content is not None and result.structured_content["status"] == "ok"
 
 
 @pytest.mark.parametrize("serving", ["sse"], indirect=True)
-async def test_sse_serves_tools(serving: str) -> None:
+async def test_sse_serves_tools(serving: tuple[str, str]) -> None:
+    base, token = serving
     with anyio.fail_after(30):
-        async with Client(sse_client(f"{serving}/sse")) as client:
+        async with sse(base, token) as client:
             tools = {t.name for t in (await client.list_tools()).tools}
             result = await client.call_tool("list_tasks", {})
     assert "create_task" in tools

@@ -28,7 +28,7 @@ DESIGN_TOOLS = {
     "publish_event", "list_events", "get_event", "list_downstream_tools", "create_agent", "list_agents",
     "get_agent", "update_agent", "delete_agent", "list_audit", "health",
 }  # fmt: skip
-BUDGET = 16 * 1024
+BUDGET = 17 * 1024  # 24 tools; the 15 of the first release alone took 20.6 KB before the face was trimmed
 RESERVE = 550
 
 

@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.engine.support import create, engine_on, wait_run
-from tests.server.test_cli import free_port, pao
+from tests.server.serving import create_agent, free_port, pao, wait_healthy
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -86,12 +86,15 @@ async def test_a_restarted_downstream_server_is_counted(database_url: str, fx_co
     assert found[("pao_run_retries_total", ())] == 1
 
 
-def fetch(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> tuple[str, str]:
+def fetch(url: str, proc: subprocess.Popen[bytes], timeout: float = 60, token: str | None = None) -> tuple[str, str]:
     deadline = time.monotonic() + timeout
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url, timeout=5) as response:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as response:
                 return response.read().decode(), response.headers["Content-Type"]
+        except urllib.error.HTTPError:
+            raise
         except (OSError, urllib.error.URLError):
             pass
         if proc.poll() is not None:
@@ -105,13 +108,22 @@ async def test_metrics_endpoint_over_http_and_on_a_worker_metrics_port(
     database_url: str, tmp_path: Path, mcp_config: Path, mode: str
 ) -> None:
     port = free_port()
+    token: str | None = None
     if mode == "http":
+        # Behind auth, /metrics needs a token like every route but the health checks.
+        token = await asyncio.to_thread(create_agent, database_url, tmp_path, mcp_config, "scraper", "tasks:read")
         args, url = ["serve", "--transport", "http", "--port", str(port)], f"http://127.0.0.1:{port}/metrics"
     else:
         args, url = ["worker", "--metrics-port", str(port)], f"http://127.0.0.1:{port}/metrics"
     proc = pao(args, database_url, tmp_path, mcp_config)
     try:
-        text, content_type = await asyncio.to_thread(fetch, url, proc)
+        if token is not None:
+            await asyncio.to_thread(wait_healthy, proc, f"http://127.0.0.1:{port}")
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                await asyncio.to_thread(fetch, url, proc)
+            refused.value.close()
+            assert refused.value.code == 401
+        text, content_type = await asyncio.to_thread(fetch, url, proc, 60, token)
     finally:
         proc.terminate()
         await asyncio.to_thread(proc.wait, 30)

@@ -26,7 +26,7 @@ async def paused_soon(engine: Engine, task_id: UUID) -> Task:
     """The pause check runs in its own transaction just after the failed run's end is recorded, so a
     reader may see the run failed a moment before the task paused: wait for it, within a bound."""
     deadline = asyncio.get_running_loop().time() + 10
-    while (task := await engine.get_task(task_id)).status != "paused":
+    while (task := await engine.get_task(engine.owner, task_id)).status != "paused":
         assert asyncio.get_running_loop().time() < deadline, f"task still {task.status} 10 s after its failures"
         await asyncio.sleep(0.02)
     return task
@@ -160,7 +160,7 @@ async def test_pause_after_failures_pauses_after_n_in_a_row_and_resume_clears_it
 
         first = await run_once(engine, failing)
         assert first.status == "failed"
-        assert (await engine.get_task(failing)).status == "active"
+        assert (await engine.get_task(engine.owner, failing)).status == "active"
         await run_once(engine, failing)
         paused = await paused_soon(engine, failing)
         assert paused.status == "paused"
@@ -170,17 +170,17 @@ async def test_pause_after_failures_pauses_after_n_in_a_row_and_resume_clears_it
         assert (await run_once(engine, alternating)).status == "failed"
         assert (await run_once(engine, alternating)).status == "succeeded"
         assert (await run_once(engine, alternating)).status == "succeeded"
-        assert (await engine.get_task(alternating)).status == "active"
+        assert (await engine.get_task(engine.owner, alternating)).status == "active"
         for _ in range(3):
             assert (await run_once(engine, healthy)).status == "succeeded"
-        assert (await engine.get_task(healthy)).status == "active"
+        assert (await engine.get_task(engine.owner, healthy)).status == "active"
 
         resumed = await engine.resume_task(engine.owner, failing)
         assert resumed.task.status == "active"
         assert resumed.task.paused_reason is None and resumed.task.paused_at is None
         # The count starts again: one more failure is not two in a row.
         await run_once(engine, failing)
-        assert (await engine.get_task(failing)).status == "active"
+        assert (await engine.get_task(engine.owner, failing)).status == "active"
         await run_once(engine, failing)
         assert (await paused_soon(engine, failing)).status == "paused"
 

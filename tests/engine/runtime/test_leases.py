@@ -79,7 +79,7 @@ async def test_a_worker_that_lost_its_lease_writes_nothing_more_and_calls_nothin
         )
         run_id = (await engine.run_now(engine.owner, task_id)).id
         async with asyncio.timeout(30):
-            while not any(s.status == "running" for s in (await engine.get_run(run_id)).steps):
+            while not any(s.status == "running" for s in (await engine.get_run(engine.owner, run_id)).steps):
                 await asyncio.sleep(0.02)
         async with engine.db.acquire() as conn:
             # Another worker takes the run over while 'wait' is in flight (as after a lost lease).

@@ -24,7 +24,7 @@ from pao_orchestrator.engine.templating import (
 )
 from pao_orchestrator.errors import InvalidArgument, StepError
 
-FAKE_ENV = {"PAO_SECRET_TOKEN": "abc123", "DATABASE_URL": "postgres://x"}
+FAKE_ENV = {"PAO_SECRET_TOKEN": "abc12345", "DATABASE_URL": "postgres://x"}
 
 WEATHER = {"summary": "Sunny", "temp_c": 21, "rain": False, "wind": 3.5, "alert": None, "tags": ["a", "b"]}
 
@@ -221,11 +221,11 @@ def test_secret_resolves_from_prefixed_variable_only() -> None:
     secrets = Secrets(FAKE_ENV)
     ctx = make_context(secrets=secrets)
     assert secrets.used_values() == set()
-    assert render("Bearer ${secrets.TOKEN}", ctx) == "Bearer abc123"
-    assert render("${secrets['TOKEN']}", ctx) == "abc123"
-    assert secrets.used_values() == {"abc123"}
-    assert secrets.used() == {"TOKEN": "abc123"}
-    assert "abc123" not in repr(secrets)
+    assert render("Bearer ${secrets.TOKEN}", ctx) == "Bearer abc12345"
+    assert render("${secrets['TOKEN']}", ctx) == "abc12345"
+    assert secrets.used_values() == {"abc12345"}
+    assert secrets.used() == {"TOKEN": "abc12345"}
+    assert "abc12345" not in repr(secrets)
 
 
 def test_nothing_else_in_the_environment_is_reachable() -> None:
@@ -264,40 +264,43 @@ def test_nothing_else_in_the_environment_is_reachable() -> None:
         assert "postgres" not in str(result), template
 
 
-def test_missing_secret_can_default() -> None:
-    assert render("${secrets.NOPE | default('none')}", make_context()) == "none"
+def test_a_secret_cannot_default_or_be_filtered_at_render_time() -> None:
+    message = render_error("${secrets.NOPE | default('none')}", make_context())
+    assert "can only be written out whole" in message
     assert "no PAO_SECRET_* variables are set" in render_error("${secrets.X}", make_context(secrets=Secrets({})))
 
 
 def test_secrets_come_from_the_settings_environment_and_nothing_else(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PAO_SECRET_FROM_OS", "os-value")
+    monkeypatch.setenv("PAO_SECRET_FROM_OS", "os-value-long")
     monkeypatch.setenv("DATABASE_URL", "postgres://not-a-secret")
     environ = Settings().secret_environ()
-    assert environ["PAO_SECRET_FROM_OS"] == "os-value" and "DATABASE_URL" not in environ
-    assert Secrets(environ).get("FROM_OS") == "os-value"
+    assert environ["PAO_SECRET_FROM_OS"] == "os-value-long" and "DATABASE_URL" not in environ
+    assert Secrets(environ).get("FROM_OS") == "os-value-long"
 
 
 def test_error_messages_do_not_leak_used_secrets() -> None:
     message = render_error("${secrets.TOKEN | int}")
-    assert "abc123" not in message
-    assert "***" in message
+    assert "abc12345" not in message
+    assert "can only be written out whole" in message
 
 
-def test_redact_nested_structures() -> None:
-    secrets = Secrets({"PAO_SECRET_TOKEN": "abc123", "PAO_SECRET_SHORT": "x1", "PAO_SECRET_UNUSED": "zzzz9"})
+def test_redact_masks_values_never_keys() -> None:
+    secrets = Secrets({"PAO_SECRET_TOKEN": "abc12345", "PAO_SECRET_UNUSED": "zzzz9999"})
     ctx = make_context(secrets=secrets)
-    args = render({"auth": "Bearer ${secrets.TOKEN}", "n": ["${secrets.SHORT}", 7]}, ctx)
-    stored = {"input": args, "echo": {"key abc123": ("abc123abc123", None)}, "other": "zzzz9"}
+    args = render({"auth": "Bearer ${secrets.TOKEN}", "n": ["${secrets.TOKEN}", 7]}, ctx)
+    stored = {"input": args, "echo": {"timezone": ("abc12345abc12345", None)}, "other": "zzzz9999"}
     redacted = redact(stored, secrets.used_values())
     assert redacted == {
-        "input": {"auth": "Bearer ***", "n": ["x1", 7]},  # values under 4 chars are not redacted
-        "echo": {"key ***": ("******", None)},
-        "other": "zzzz9",  # never read, so not known to be sensitive
+        "input": {"auth": "Bearer ***", "n": ["***", 7]},
+        "echo": {"timezone": ("******", None)},
+        "other": "zzzz9999",  # never read, so not known to be sensitive
     }
-    assert args["auth"] == "Bearer abc123"  # the original is untouched
-    assert secrets.redact("abc123!") == "***!"
-    assert redact(None, {"abc123"}) is None
-    assert redact("abcdef", {"abcd", "abcdef"}) == "***"
+    assert args["auth"] == "Bearer abc12345"  # the original is untouched
+    assert secrets.redact("abc12345!") == "***!"
+    assert redact(None, {"abc12345"}) is None
+    assert redact("abcdefgh", {"abcdefgh", "abcdefghij"}) == "***"
+    # A secret that happens to be a common word never rewrites a key.
+    assert redact({"timezone": "zone"}, {"zone"}) == {"timezone": "***"}
 
 
 # --------------------------------------------------------------------------- sandbox
@@ -492,11 +495,11 @@ def test_checking_a_template_never_evaluates_it() -> None:
 def test_sealing_keeps_secret_names_not_values_and_unsealing_reads_them_again() -> None:
     secrets = Secrets(FAKE_ENV)
     secrets.get("TOKEN")
-    output = {"auth": "Bearer abc123", "abc123": ["x abc123"], "n": 1}
+    output = {"auth": "Bearer abc12345", "abc12345": ["x abc12345"], "n": 1}
     sealed = seal(output, secrets.used())
-    assert sealed is not None and "abc123" not in str(sealed) and "TOKEN" in str(sealed)
+    assert sealed is not None and "abc12345" not in str(sealed) and "TOKEN" in str(sealed)
     fresh = Secrets(FAKE_ENV)
-    assert unseal(sealed, fresh) == output and fresh.used() == {"TOKEN": "abc123"}
+    assert unseal(sealed, fresh) == output and fresh.used() == {"TOKEN": "abc12345"}
     assert seal({"no": "secret here"}, secrets.used()) is None
     with pytest.raises(TemplateError, match="secret 'TOKEN' is not set"):
         unseal(sealed, Secrets({}))
