@@ -1,7 +1,8 @@
 """Names the outside world relies on, each defined once (see DESIGN.md).
 
-SQL files refer to the channels as `:RUNS_CHANNEL`, `:CANCEL_CHANNEL` and
-`:TASKS_CHANNEL`; the store's statement loader puts these values in.
+SQL files (statements and migrations) refer to the channels as `:RUNS_CHANNEL`,
+`:CANCEL_CHANNEL`, `:TASKS_CHANNEL` and `:EVENTS_CHANNEL`; the store's statement
+loader and migration runner put these values in.
 """
 
 from __future__ import annotations
@@ -15,8 +16,15 @@ CANCEL_CHANNEL: Final = "pao_cancel"
 """cancel_run on a running run; the payload is the run id."""
 TASKS_CHANNEL: Final = "pao_tasks"
 """A task was created or changed: schedulers re-read when to wake."""
+EVENTS_CHANNEL: Final = "pao_events"
+"""An event was stored: matchers look for events still to match, relays for events to mirror to Redis."""
 
-CHANNELS: Final = {"RUNS_CHANNEL": RUNS_CHANNEL, "CANCEL_CHANNEL": CANCEL_CHANNEL, "TASKS_CHANNEL": TASKS_CHANNEL}
+CHANNELS: Final = {
+    "RUNS_CHANNEL": RUNS_CHANNEL,
+    "CANCEL_CHANNEL": CANCEL_CHANNEL,
+    "TASKS_CHANNEL": TASKS_CHANNEL,
+    "EVENTS_CHANNEL": EVENTS_CHANNEL,
+}
 
 BUILTIN_SERVER: Final = "pao"
 """The reserved downstream server name of built-in steps (`pao.noop`, `pao.sleep`, ...)."""
@@ -29,3 +37,17 @@ DISTRIBUTION: Final = "pao-orchestrator"
 
 APP_NAME: Final = "pao"
 """The name of the command, the MCP server and the platform data and config folders."""
+
+RUN_TOPIC_PREFIX: Final = "run."
+"""Topics of the events pao publishes when a run ends (`run.succeeded`, `run.failed`, `run.cancelled`);
+reserved: agents and streams cannot publish under it."""
+
+MAX_CHAIN_DEPTH: Final = 10
+"""How many links an event chain may have (an event a run published, that started a run, that
+published ...); a run that would be link 11 fails instead of starting, so a loop stops."""
+
+DEAD_LETTER_SUFFIX: Final = ":dead"
+"""Malformed entries of the incoming stream are moved to `<PAO_STREAM_IN>:dead`, with the reason."""
+
+CONSUMER_GROUP: Final = "pao"
+"""The Redis consumer group every pao process reads the incoming stream through."""

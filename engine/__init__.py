@@ -7,6 +7,7 @@ The door of the engine: the server imports only the names below.
 from __future__ import annotations
 
 from pao_orchestrator.engine.app import Engine, migrate_database, open_engine
+from pao_orchestrator.engine.events import Event, PublishedEvent, StartedRun
 from pao_orchestrator.engine.lifecycle import CancelledTask, FireInstant, SchedulePreview, TaskChange
 from pao_orchestrator.engine.models import DEFAULT_TIMEZONE, Agent, Run, RunStep, Task, TaskSpec
 from pao_orchestrator.engine.schedule import MAX_PREVIEW
@@ -20,11 +21,14 @@ __all__ = [
     "CancelledTask",
     "CreatedTask",
     "Engine",
+    "Event",
     "FireInstant",
+    "PublishedEvent",
     "Run",
     "RunStep",
     "SchedulePreview",
     "Settings",
+    "StartedRun",
     "Task",
     "TaskChange",
     "TaskSpec",

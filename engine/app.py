@@ -18,12 +18,22 @@ from uuid import UUID
 import asyncpg
 
 from pao_orchestrator.contracts import BUILTIN_SERVER
+from pao_orchestrator.engine import events as event_service
 from pao_orchestrator.engine import lifecycle
 from pao_orchestrator.engine import runs as run_service
 from pao_orchestrator.engine import tasks as task_service
 from pao_orchestrator.engine.downstream import DownstreamPool, Registry, load_registry
 from pao_orchestrator.engine.models import Agent, Run, Task
-from pao_orchestrator.engine.runtime import BUILTINS, Executor, Renderer, Scheduler, Worker, worker_name
+from pao_orchestrator.engine.runtime import (
+    BUILTINS,
+    EventLimits,
+    Executor,
+    Matcher,
+    Renderer,
+    Scheduler,
+    Worker,
+    worker_name,
+)
 from pao_orchestrator.engine.settings import Settings
 from pao_orchestrator.store import agents as agent_store
 from pao_orchestrator.store import migrate, open_database, schema_version
@@ -75,6 +85,24 @@ class Engine:
         self.worker = worker
         self.scheduler = scheduler
         self.clock = utcnow
+        self.event_limits = EventLimits(settings.max_event_bytes, settings.event_dedupe_seconds)
+
+    async def publish_event(
+        self, caller: Agent, *, topic: str, data: dict[str, Any], dedupe_key: str | None, source: str | None
+    ) -> event_service.PublishedEvent:
+        return await event_service.publish_event(
+            self.db, caller, topic=topic, data=data, dedupe_key=dedupe_key, source=source, limits=self.event_limits
+        )
+
+    async def get_event(self, event_id: int) -> event_service.Event:
+        return await event_service.get_event(self.db, event_id)
+
+    async def list_events(
+        self, *, topic: str | None, since: str | None, until: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[event_service.Event], str | None]:
+        return await event_service.list_events(
+            self.db, topic=topic, since=since, until=until, limit=limit, cursor=cursor
+        )
 
     async def create_task(self, caller: Agent, arguments: dict[str, Any]) -> task_service.CreatedTask:
         return await task_service.create_task(self.db, self.tools, caller, arguments, clock=self.clock)
@@ -249,6 +277,7 @@ async def open_engine(
                 secrets=settings.secret_environ(),
                 renderer=renderer,
                 max_value_bytes=settings.max_value_bytes,
+                event_limits=EventLimits(settings.max_event_bytes, settings.event_dedupe_seconds),
             )
             worker = Worker(
                 db,
@@ -259,6 +288,9 @@ async def open_engine(
                 dsn=dsn,
             )
             background.append(asyncio.create_task(worker.run(), name="worker"))
+            matcher = Matcher(db, dsn=dsn)
+            stack.push_async_callback(matcher.stop)
+            background.append(asyncio.create_task(matcher.run(), name="matcher"))
         scheduler: Scheduler | None = None
         if run_worker if run_scheduler is None else run_scheduler:
             scheduler = Scheduler(db, dsn=dsn)

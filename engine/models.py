@@ -12,7 +12,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator
 
-from pao_orchestrator.engine.runtime import Payload
+from pao_orchestrator.engine.runtime import Payload, ProbeStep
 from pao_orchestrator.vocabulary import (
     BackoffStrategy,
     MisfirePolicy,
@@ -51,6 +51,13 @@ class TaskSpec(BaseModel):
     misfire_policy: MisfirePolicy = MisfirePolicy.RUN_ONCE
     misfire_grace_seconds: StrictInt = Field(default=3600, ge=0, le=31_536_000)
     overlap_policy: OverlapPolicy = OverlapPolicy.SKIP
+    filter: str | None = Field(
+        default=None, max_length=2000, description="event: run only if this ${...} is truthy for the event."
+    )
+    probe: ProbeStep | None = Field(default=None, description="condition: the step polled every schedule_expr.")
+    when: str | None = Field(
+        default=None, max_length=2000, description="condition: a ${...} over ${probe}; runs when it turns true."
+    )
 
     @field_validator("schedule_expr")
     @classmethod
@@ -79,6 +86,12 @@ class Task(BaseModel):
     misfire_policy: MisfirePolicy
     misfire_grace_seconds: int
     overlap_policy: OverlapPolicy
+    filter: str | None = None
+    probe: dict[str, Any] | None = None
+    when: str | None = None
+    probe_state: dict[str, Any] | None = Field(
+        default=None, description="condition: the latest probe (value, at, error, holds)."
+    )
     status: TaskStatus
     next_fire_at: datetime | None
     snoozed_until: datetime | None

@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     render_timeout_seconds: float = Field(default=1.0, gt=0, le=60)
     render_memory_mb: int = Field(default=256, ge=32, le=65_536)
     max_value_bytes: int = Field(default=1_048_576, ge=1024, le=256 * 1_048_576)
+    max_event_bytes: int = Field(default=65_536, ge=1024, le=16 * 1_048_576)
+    event_dedupe_seconds: float = Field(default=86_400.0, gt=0, le=31_536_000)
     log_level: str = "INFO"
     environ: dict[str, str] = Field(
         default_factory=_environment,

@@ -17,6 +17,7 @@ from mcp.server.mcpserver import MCPServer
 from pydantic import BaseModel, Field
 
 from pao_orchestrator.engine import Agent, Engine, Run, Task, TaskSpec
+from pao_orchestrator.server.event_tools import register_event_tools
 from pao_orchestrator.server.metadata import CANCEL, READ, WRITE, Cursor, Limit, RunId, TaskId, tool_errors
 from pao_orchestrator.server.schedule_tools import register_schedule_tools
 from pao_orchestrator.server.signatures import model_parameters, with_signature
@@ -84,14 +85,16 @@ def register_tools(mcp: MCPServer[Any], engine: Engine, caller: Callable[[], Age
           - rrule: RFC 5545, e.g. 'FREQ=WEEKLY;BYDAY=MO,WE;BYHOUR=8;BYMINUTE=30', optionally with a
             'DTSTART;TZID=...:YYYYMMDDTHHMMSS' line; COUNT and UNTIL are honoured.
           - once: an ISO 8601 instant ('2026-12-01T08:30:00+02:00') or a local date-time read in `timezone`.
-          - event (a topic pattern) and condition (a poll interval) are accepted and stored, but this
-            version does not fire them yet: use run_now to run such a task.
+          - event: a topic pattern ('email.received', 'home.*', '*'), optional `filter` ('${event.data.x == 1}');
+            steps read ${event.id}, ${event.topic}, ${event.data...}, ${event.source}.
+          - condition: a poll interval ('PT1M'), a `probe` step and a `when` over ${probe...}; runs when `when`
+            turns true; steps read ${condition.result}.
         Wall-clock times that do not exist (spring forward) fire at the same offset after the gap; times that
         occur twice (fall back) fire once, at the first occurrence. Use preview_schedule to check first.
 
         payload: {"pipeline": [step, ...]}. Each step is {"id", "uses": "<server>.<tool>", "with": {...},
         "save_as"?, "timeout_seconds"?}. 'uses' names a server from mcp.json (see list_downstream_tools) or a
-        built-in: pao.noop, pao.sleep. Values in 'with' may use templates:
+        built-in: pao.noop, pao.sleep, pao.publish_event. Values in 'with' may use templates:
         '${steps.<id>.<field>}' reads an earlier step's output, '${<save_as>}' a saved value,
         '${trigger.scheduled_for}', '${event.data...}', '${task.title}', '${run.id}', '${now}',
         '${secrets.NAME}' (from the orchestrator's PAO_SECRET_NAME). A value that is exactly one '${...}' keeps
@@ -185,3 +188,4 @@ def register_tools(mcp: MCPServer[Any], engine: Engine, caller: Callable[[], Age
         return Health.model_validate({"status": "ok", **await engine.health()})
 
     register_schedule_tools(mcp, engine, caller)
+    register_event_tools(mcp, engine, caller)

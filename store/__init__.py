@@ -2,16 +2,17 @@
 
 The door of the store room: the engine imports only the names below. One
 module and one SQL file per table family (`tasks`, `runs`, `steps`, `agents`,
-`audit`); each module's functions take a connection (the caller owns the
+`audit`, `events`; `streams` is the Redis side); each module's functions take a connection (the caller owns the
 transaction) and return typed records.
 """
 
 from __future__ import annotations
 
-from pao_orchestrator.store import agents, audit, runs, steps, tasks
+from pao_orchestrator.store import agents, audit, events, runs, steps, streams, tasks
 from pao_orchestrator.store.agents import AgentRecord
 from pao_orchestrator.store.database import DATABASE_ERRORS, Connection, Pool, create_pool, open_database
 from pao_orchestrator.store.embedded import EmbeddedPostgres
+from pao_orchestrator.store.events import EventRecord, EventRun, EventRunBatch, EventTask, OutboxEntry
 from pao_orchestrator.store.listener import Listener
 from pao_orchestrator.store.migrator import latest_version, migrate, schema_version
 from pao_orchestrator.store.runs import ClaimedRun, Completion, InsertedRun, NewRun, RunBatch, RunRecord
@@ -26,9 +27,14 @@ __all__ = [
     "Connection",
     "DueTask",
     "EmbeddedPostgres",
+    "EventRecord",
+    "EventRun",
+    "EventRunBatch",
+    "EventTask",
     "InsertedRun",
     "Listener",
     "NewRun",
+    "OutboxEntry",
     "Pool",
     "RunBatch",
     "RunRecord",
@@ -39,11 +45,13 @@ __all__ = [
     "agents",
     "audit",
     "create_pool",
+    "events",
     "latest_version",
     "migrate",
     "open_database",
     "runs",
     "schema_version",
     "steps",
+    "streams",
     "tasks",
 ]

@@ -41,6 +41,9 @@ DEFINITION = (
     "misfire_policy",
     "misfire_grace_seconds",
     "overlap_policy",
+    "filter",
+    "probe",
+    "when",
 )
 
 
@@ -71,6 +74,10 @@ class TaskRecord(Record):
     snoozed_until: datetime | None
     last_fired_at: datetime | None
     schedule_anchor: datetime | None
+    filter: str | None
+    probe: dict[str, Any] | None
+    when: str | None
+    probe_state: dict[str, Any] | None
     created_by: UUID
     created_at: datetime
     updated_at: datetime

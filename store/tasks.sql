@@ -6,8 +6,9 @@ INSERT INTO tasks (
     title, description, schedule_kind, schedule_expr, timezone, payload, priority,
     dedupe_key, dedupe_window_seconds, max_retries, backoff_strategy, backoff_base_seconds,
     backoff_max_seconds, concurrency_key, misfire_policy, misfire_grace_seconds, overlap_policy,
-    status, next_fire_at, created_by, created_at, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $21)
+    "filter", probe, "when", status, next_fire_at, created_by, created_at, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22,
+        $23, $24, $24)
 RETURNING *;
 
 -- name: get_task
@@ -33,7 +34,10 @@ SET title = $2, description = $3, schedule_kind = $4, schedule_expr = $5, timezo
     priority = $8, dedupe_key = $9, dedupe_window_seconds = $10, max_retries = $11,
     backoff_strategy = $12, backoff_base_seconds = $13, backoff_max_seconds = $14,
     concurrency_key = $15, misfire_policy = $16, misfire_grace_seconds = $17, overlap_policy = $18,
-    status = $19, next_fire_at = $20, schedule_anchor = $21, snoozed_until = $22, updated_at = now()
+    "filter" = $19, probe = $20, "when" = $21,
+    status = $22, next_fire_at = $23, schedule_anchor = $24, snoozed_until = $25, updated_at = now(),
+    -- A new probe or `when` starts from "false": the next true is an edge.
+    probe_state = CASE WHEN probe IS DISTINCT FROM $20 OR "when" IS DISTINCT FROM $21 THEN NULL ELSE probe_state END
 WHERE id = $1
 RETURNING *;
 

@@ -1,0 +1,72 @@
+-- Events and conditions: matching state, chain depth, run links, condition probes, run-end events
+-- and the outbox the Redis relay drains.
+
+-- How many links of an event chain led to this event (0: published from outside; a run's end or a
+-- pao.publish_event step publishes at its run's depth + 1).
+ALTER TABLE events ADD COLUMN depth integer NOT NULL DEFAULT 0;
+-- NULL until the event has been matched against the event tasks. publish_event matches in the
+-- transaction that stores the event; events stored by the run-end trigger below are matched by
+-- the workers' matchers (LISTEN :EVENTS_CHANNEL), so none is lost between storing and matching.
+ALTER TABLE events ADD COLUMN matched_at timestamptz;
+CREATE INDEX events_unmatched ON events (id) WHERE matched_at IS NULL;
+-- A dedupe_key holds for a window (PAO_EVENT_DEDUPE_SECONDS), not for ever: the lookup is by
+-- (topic, key), newest first; concurrent publishes of one key are serialised by an advisory lock.
+DROP INDEX events_dedupe;
+CREATE INDEX events_dedupe ON events (topic, dedupe_key, created_at DESC) WHERE dedupe_key IS NOT NULL;
+
+-- The event that started a run (trigger = 'event'): get_event lists the runs an event started.
+ALTER TABLE runs ADD COLUMN event_id bigint;
+CREATE INDEX runs_by_event ON runs (event_id) WHERE event_id IS NOT NULL;
+
+-- Event tasks: `filter`, a template that must render truthy for an event to start a run.
+-- Condition tasks: `probe` (one pipeline step), `when` (a template over ${probe...}), and the
+-- latest probe's state (value, time, error, whether `when` held), which get_task shows.
+ALTER TABLE tasks ADD COLUMN "filter" text;
+ALTER TABLE tasks ADD COLUMN probe jsonb;
+ALTER TABLE tasks ADD COLUMN "when" text;
+ALTER TABLE tasks ADD COLUMN probe_state jsonb;
+-- Probers ask "which active condition tasks are due"; next_fire_at is their next probe.
+CREATE INDEX tasks_condition_due ON tasks (next_fire_at) WHERE status = 'active' AND schedule_kind = 'condition';
+
+-- Every stored event waits here until the relay has appended it to the outgoing Redis stream;
+-- the relay deletes what it delivered, in the transaction that read it.
+CREATE TABLE event_outbox (
+    event_id    bigint PRIMARY KEY REFERENCES events (id) ON DELETE CASCADE,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE FUNCTION pao_event_stored() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO event_outbox (event_id) SELECT id FROM stored;
+    PERFORM pg_notify(:EVENTS_CHANNEL, '');
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER events_to_outbox AFTER INSERT ON events
+    REFERENCING NEW TABLE AS stored FOR EACH STATEMENT EXECUTE FUNCTION pao_event_stored();
+
+-- A run that ends (queued or running -> succeeded, failed, cancelled) publishes run.<status>, in
+-- the transaction that ends it, whichever path ends it (a worker's completion, a lease that
+-- expired with no attempt left, cancel_run, cancel_task). One statement per statement of runs:
+-- a batch of 500 completions writes its 500 events in one INSERT.
+CREATE FUNCTION pao_run_ended() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO events (topic, data, source, published_by, depth)
+    SELECT 'run.' || n.status,
+           jsonb_build_object(
+               'task_id', n.task_id, 'run_id', n.id, 'status', n.status, 'trigger', n.trigger,
+               'attempt', n.attempt, 'outputs', n.outputs, 'error', n.error, 'reason', n.reason,
+               'event_id', n.event_id),
+           'pao', t.created_by,
+           coalesce((n.trigger_data -> 'event' ->> 'depth')::int, 0) + 1
+    FROM ended_new n
+    JOIN ended_old o ON o.id = n.id
+    JOIN tasks t ON t.id = n.task_id
+    WHERE o.status IN ('queued', 'running') AND n.status IN ('succeeded', 'failed', 'cancelled')
+    ORDER BY n.id;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER runs_end_events AFTER UPDATE ON runs
+    REFERENCING OLD TABLE AS ended_old NEW TABLE AS ended_new
+    FOR EACH STATEMENT EXECUTE FUNCTION pao_run_ended();
