@@ -29,6 +29,7 @@ from pao_orchestrator.engine.runtime import (
     EventLimits,
     Executor,
     Matcher,
+    Prober,
     Renderer,
     Scheduler,
     Worker,
@@ -291,6 +292,9 @@ async def open_engine(
             matcher = Matcher(db, dsn=dsn)
             stack.push_async_callback(matcher.stop)
             background.append(asyncio.create_task(matcher.run(), name="matcher"))
+            prober = Prober(db, tools, secrets=settings.secret_environ())
+            stack.push_async_callback(prober.stop)
+            background.append(asyncio.create_task(prober.run(), name="prober"))
         scheduler: Scheduler | None = None
         if run_worker if run_scheduler is None else run_scheduler:
             scheduler = Scheduler(db, dsn=dsn)

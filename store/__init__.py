@@ -17,7 +17,7 @@ from pao_orchestrator.store.listener import Listener
 from pao_orchestrator.store.migrator import latest_version, migrate, schema_version
 from pao_orchestrator.store.runs import ClaimedRun, Completion, InsertedRun, NewRun, RunBatch, RunRecord
 from pao_orchestrator.store.steps import StepRecord, StepRow
-from pao_orchestrator.store.tasks import DueTask, TaskAdvance, TaskRecord
+from pao_orchestrator.store.tasks import DueTask, ProbeClaim, TaskAdvance, TaskRecord
 
 __all__ = [
     "DATABASE_ERRORS",
@@ -36,6 +36,7 @@ __all__ = [
     "NewRun",
     "OutboxEntry",
     "Pool",
+    "ProbeClaim",
     "RunBatch",
     "RunRecord",
     "StepRecord",

@@ -103,3 +103,33 @@ SELECT (SELECT min(next_fire_at) FROM tasks
 -- name: notify_task_changed
 -- Delivered on commit: every scheduler re-reads when to wake.
 SELECT pg_notify(:TASKS_CHANNEL, $1);
+
+-- name: claim_due_conditions
+-- Probers take due condition tasks like schedulers take fires: SKIP LOCKED, so replicas never
+-- probe one task twice. The same statement moves next_fire_at past the probe's deadline ($2
+-- seconds): a lease, so no other replica probes the task while this one does (the row lock ends
+-- with this statement). That instant comes back as leased_until and fences the outcome's write;
+-- due_at is the instant the probe was due, from which the next one is counted.
+WITH due AS (
+    SELECT id, next_fire_at AS due_at FROM tasks
+    WHERE status = 'active' AND schedule_kind = 'condition' AND next_fire_at <= now()
+    ORDER BY next_fire_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE tasks t
+SET next_fire_at = now() + make_interval(secs => $2::float8)
+FROM due
+WHERE t.id = due.id
+RETURNING t.*, due.due_at, t.next_fire_at AS leased_until;
+
+-- name: record_probe
+-- A probe's outcome and the next probe instant, written only while the prober still holds the
+-- task (its lease instant is unchanged: a pause, an update or another prober did not intervene).
+UPDATE tasks SET probe_state = $3, next_fire_at = $4, last_fired_at = coalesce($5, last_fired_at)
+WHERE id = $1 AND next_fire_at = $2 AND status = 'active'
+RETURNING id;
+
+-- name: next_condition_due
+SELECT extract(epoch FROM min(next_fire_at) - now()) FROM tasks
+WHERE status = 'active' AND schedule_kind = 'condition';

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pao_orchestrator.engine.runtime.arguments import validate_arguments
 from pao_orchestrator.engine.runtime.builtins import BUILTINS, Builtin
+from pao_orchestrator.engine.runtime.conditions import Prober
 from pao_orchestrator.engine.runtime.enqueuing import RunSource, enqueue, key_context, serial_key, trigger_view
 from pao_orchestrator.engine.runtime.events import (
     EventLimits,
@@ -38,6 +39,7 @@ __all__ = [
     "Payload",
     "PipelineStep",
     "ProbeStep",
+    "Prober",
     "Published",
     "Renderer",
     "RunHandle",
