@@ -28,8 +28,10 @@ from pao_orchestrator.engine.runtime import (
     BUILTINS,
     EventLimits,
     Executor,
+    Ingest,
     Matcher,
     Prober,
+    Relay,
     Renderer,
     Scheduler,
     Worker,
@@ -37,6 +39,7 @@ from pao_orchestrator.engine.runtime import (
 )
 from pao_orchestrator.engine.settings import Settings
 from pao_orchestrator.store import agents as agent_store
+from pao_orchestrator.store import events as event_store
 from pao_orchestrator.store import migrate, open_database, schema_version
 from pao_orchestrator.store import runs as run_store
 from pao_orchestrator.vocabulary import RunStatus, ScheduleKind, TaskStatus
@@ -208,6 +211,7 @@ class Engine:
         async with self.db.acquire() as conn:
             queued_due, running = await run_store.queue_stats(conn)
             version = await schema_version(conn)
+            waiting, oldest = await event_store.outbox_lag(conn)
         return {
             "database": "ok",
             "schema_version": version,
@@ -215,6 +219,13 @@ class Engine:
             "running": running,
             "worker": self.worker.name if self.worker else None,
             "downstream_servers": self.tools.server_names(),
+            "relay": {
+                "redis": bool(self.settings.redis_url),
+                "stream_out": self.settings.stream_out,
+                "stream_in": self.settings.stream_in,
+                "waiting": waiting,
+                "oldest_seconds": oldest,
+            },
         }
 
 
@@ -295,6 +306,19 @@ async def open_engine(
             prober = Prober(db, tools, secrets=settings.secret_environ())
             stack.push_async_callback(prober.stop)
             background.append(asyncio.create_task(prober.run(), name="prober"))
+            if settings.redis_url:
+                relay = Relay(db, redis_url=settings.redis_url, stream=settings.stream_out, dsn=dsn)
+                ingest = Ingest(
+                    db,
+                    redis_url=settings.redis_url,
+                    stream=settings.stream_in,
+                    consumer=name,
+                    limits=EventLimits(settings.max_event_bytes, settings.event_dedupe_seconds),
+                    claim_idle_ms=int(settings.lease_seconds * 1000),
+                )
+                for loop, label in ((relay, "relay"), (ingest, "ingest")):
+                    stack.push_async_callback(loop.stop)
+                    background.append(asyncio.create_task(loop.run(), name=label))
         scheduler: Scheduler | None = None
         if run_worker if run_scheduler is None else run_scheduler:
             scheduler = Scheduler(db, dsn=dsn)

@@ -71,6 +71,7 @@ class Health(BaseModel):
     running: int
     worker: str | None
     downstream_servers: list[str]
+    relay: dict[str, Any] = Field(description="Redis bridge: events waiting in the outbox, oldest age (s).")
 
 
 def register_tools(mcp: MCPServer[Any], engine: Engine, caller: Callable[[], Agent]) -> None:

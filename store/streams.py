@@ -107,5 +107,20 @@ async def ack(client: aioredis.Redis, stream: str, group: str, ids: Sequence[str
         await _call("XACK", lambda: client.xack(stream, group, *ids))
 
 
+async def dead_letter(
+    client: aioredis.Redis, stream: str, group: str, dead_stream: str, entry: Entry, reason: str
+) -> None:
+    """Move an entry to the dead-letter stream with the reason, and acknowledge it, atomically."""
+
+    async def run() -> None:
+        async with client.pipeline(transaction=True) as pipe:
+            fields: dict[Any, Any] = {**entry.fields, "reason": reason, "entry_id": entry.id, "stream": stream}
+            pipe.xadd(dead_stream, fields)
+            pipe.xack(stream, group, entry.id)
+            await pipe.execute()
+
+    await _call("dead-letter", run)
+
+
 async def ping(client: aioredis.Redis) -> None:
     await _call("PING", client.ping)

@@ -24,6 +24,7 @@ from pao_orchestrator.engine.runtime.executor import Executor, RunHandle, ToolCa
 from pao_orchestrator.engine.runtime.fires import between as fires_between
 from pao_orchestrator.engine.runtime.fires import span as fires_span
 from pao_orchestrator.engine.runtime.pipeline import Payload, PipelineStep, ProbeStep
+from pao_orchestrator.engine.runtime.relay import Ingest, Relay
 from pao_orchestrator.engine.runtime.renderer import Renderer
 from pao_orchestrator.engine.runtime.scheduler import PassResult, Scheduler
 from pao_orchestrator.engine.runtime.worker import Worker, worker_name
@@ -33,6 +34,7 @@ __all__ = [
     "Builtin",
     "EventLimits",
     "Executor",
+    "Ingest",
     "Matcher",
     "NewEvent",
     "PassResult",
@@ -41,6 +43,7 @@ __all__ = [
     "ProbeStep",
     "Prober",
     "Published",
+    "Relay",
     "Renderer",
     "RunHandle",
     "RunSource",
