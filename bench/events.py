@@ -264,6 +264,8 @@ async def bridge(admin_dsn: str, redis_url: str, count: int, down: int) -> None:
     bare = f"pao:bench:{RUN}:bare"
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     async with fresh_database(admin_dsn, "bridge") as url, open_engine(settings(url), run_worker=False) as engine:
+        relay = Relay(engine.db, redis_url=redis_url, stream=out, dsn=url)
+        await relay.register()
         async with engine.db.acquire() as conn:
             await conn.execute(
                 """INSERT INTO events (topic, data, source, matched_at)
@@ -271,7 +273,6 @@ async def bridge(admin_dsn: str, redis_url: str, count: int, down: int) -> None:
                    FROM generate_series(1, $1) i""",
                 count,
             )
-        relay = Relay(engine.db, redis_url=redis_url, stream=out, dsn=url)
         async with streams.connect(redis_url) as rc:
             t0 = time.perf_counter()
             while await relay.relay_once(rc):

@@ -211,7 +211,7 @@ class Engine:
         async with self.db.acquire() as conn:
             queued_due, running = await run_store.queue_stats(conn)
             version = await schema_version(conn)
-            waiting, oldest = await event_store.outbox_lag(conn)
+            waiting, oldest, relaying = await event_store.outbox_lag(conn)
         return {
             "database": "ok",
             "schema_version": version,
@@ -221,6 +221,7 @@ class Engine:
             "downstream_servers": self.tools.server_names(),
             "relay": {
                 "redis": bool(self.settings.redis_url),
+                "relay_running": relaying,
                 "stream_out": self.settings.stream_out,
                 "stream_in": self.settings.stream_in,
                 "waiting": waiting,

@@ -34,10 +34,19 @@ CREATE TABLE event_outbox (
     event_id    bigint PRIMARY KEY REFERENCES events (id) ON DELETE CASCADE,
     created_at  timestamptz NOT NULL DEFAULT now()
 );
+-- The relays (one row per outgoing stream) and when one was last running. Events enter the
+-- outbox only while a relay has been seen within a day: without REDIS_URL nothing would ever
+-- empty it. A relay that is running while Redis is down keeps this fresh, so nothing is lost.
+CREATE TABLE event_relays (
+    stream   text PRIMARY KEY,
+    seen_at  timestamptz NOT NULL DEFAULT now()
+);
 
 CREATE FUNCTION pao_event_stored() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO event_outbox (event_id) SELECT id FROM stored;
+    IF EXISTS (SELECT 1 FROM event_relays WHERE seen_at > now() - interval '1 day') THEN
+        INSERT INTO event_outbox (event_id) SELECT id FROM stored;
+    END IF;
     PERFORM pg_notify(:EVENTS_CHANNEL, '');
     RETURN NULL;
 END

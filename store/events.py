@@ -205,8 +205,14 @@ async def delete_outbox(conn: asyncpg.Connection, event_ids: list[int]) -> None:
         await conn.execute(sql("delete_outbox"), event_ids)
 
 
-async def outbox_lag(conn: asyncpg.Connection) -> tuple[int, float | None]:
-    """(events waiting for the relay, seconds the oldest has waited)."""
+async def outbox_lag(conn: asyncpg.Connection) -> tuple[int, float | None, bool]:
+    """(events waiting for the relay, seconds the oldest has waited, whether a relay ran within a day)."""
     row = await conn.fetchrow(sql("outbox_lag"))
     oldest = row["oldest_seconds"]
-    return row["waiting"], None if oldest is None else float(oldest)
+    relays = await conn.fetchval(sql("relays_seen"))
+    return row["waiting"], None if oldest is None else float(oldest), relays > 0
+
+
+async def relay_seen(conn: asyncpg.Connection, stream: str) -> None:
+    """Record that a relay for `stream` runs (events enter the outbox while one ran within a day)."""
+    await conn.execute(sql("relay_seen"), stream)

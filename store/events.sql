@@ -34,7 +34,9 @@ UPDATE events SET matched_at = now() WHERE id = ANY($1::bigint[]);
 SELECT id, title, schedule_expr, priority, max_retries, dedupe_key, dedupe_window_seconds, concurrency_key,
        overlap_policy, "filter", created_by
 FROM tasks
-WHERE status = 'active' AND schedule_kind = 'event' AND schedule_expr = ANY($1::text[]);
+WHERE status = 'active' AND schedule_kind = 'event' AND schedule_expr = ANY($1::text[])
+  -- A snoozed event task lets events pass until its snooze ends.
+  AND (snoozed_until IS NULL OR snoozed_until <= now());
 
 -- name: insert_event_runs
 -- The runs events start, in one statement. Queued ones wake the workers on commit (the same NOTIFY
@@ -91,3 +93,11 @@ DELETE FROM event_outbox WHERE event_id = ANY($1::bigint[]);
 -- name: outbox_lag
 -- What health reports of the relay: events waiting for it, and how long the oldest has waited.
 SELECT count(*) AS waiting, extract(epoch FROM now() - min(created_at)) AS oldest_seconds FROM event_outbox;
+
+-- name: relay_seen
+-- A relay says it runs: from now on (for a day after its last word) stored events enter the outbox.
+INSERT INTO event_relays (stream, seen_at) VALUES ($1, now())
+ON CONFLICT (stream) DO UPDATE SET seen_at = now();
+
+-- name: relays_seen
+SELECT count(*) FROM event_relays WHERE seen_at > now() - interval '1 day';

@@ -113,6 +113,7 @@ SELECT pg_notify(:TASKS_CHANNEL, $1);
 WITH due AS (
     SELECT id, next_fire_at AS due_at FROM tasks
     WHERE status = 'active' AND schedule_kind = 'condition' AND next_fire_at <= now()
+      AND (snoozed_until IS NULL OR snoozed_until <= now())
     ORDER BY next_fire_at
     LIMIT $1
     FOR UPDATE SKIP LOCKED
@@ -132,4 +133,4 @@ RETURNING id;
 
 -- name: next_condition_due
 SELECT extract(epoch FROM min(next_fire_at) - now()) FROM tasks
-WHERE status = 'active' AND schedule_kind = 'condition';
+WHERE status = 'active' AND schedule_kind = 'condition' AND (snoozed_until IS NULL OR snoozed_until <= now());

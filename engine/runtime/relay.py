@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from typing import Any
 
 import asyncpg
@@ -90,9 +91,21 @@ class Relay(_Loop):
         self._batch = batch
         self._poll = poll
         self._listener = Listener(dsn, [EVENTS_CHANNEL], lambda _c, _p: self._wake.set(), wake=self._wake.set)
+        self._seen_at = float("-inf")
+
+    async def register(self) -> None:
+        """Say that this relay runs (at most once a minute): stored events enter the outbox while a relay
+        was seen within a day, so a database without one does not keep an outbox nobody empties."""
+        now = time.monotonic()
+        if now - self._seen_at < 60:
+            return
+        async with self._db.acquire() as conn:
+            await event_store.relay_seen(conn, self._stream)
+        self._seen_at = now
 
     async def relay_once(self, client: aioredis.Redis) -> int:
         """Append one batch; returns how many events were delivered."""
+        await self.register()
         async with self._db.acquire() as conn, conn.transaction():
             entries = await event_store.claim_outbox(conn, self._batch)
             if not entries:
@@ -105,6 +118,11 @@ class Relay(_Loop):
         async with streams.connect(self._url) as client:
             try:
                 while not self._stopping.is_set():
+                    try:
+                        await self.register()
+                    except DATABASE_ERRORS as exc:
+                        await self._failed("registering the relay", exc)
+                        continue
                     await self._listener.ensure()
                     try:
                         sent = await self.relay_once(client)

@@ -294,3 +294,46 @@ async def test_event_matching_reads_the_topic_index(db: asyncpg.Pool) -> None:
             r[0] for r in await conn.fetch("EXPLAIN " + sql("event_tasks_for_patterns"), ["a.b", "a.*", "*"])
         )
     assert "tasks_event_topic" in plan, plan
+
+
+async def test_every_path_that_ends_a_run_publishes_its_event(
+    database_url: str, mcp_config: Path, tmp_path: Path, db: asyncpg.Pool
+) -> None:
+    from pao_orchestrator.store import runs as run_store
+    from tests.engine.support import create
+
+    async with engine_on(database_url, mcp_config, tmp_path, run_worker=False) as engine:
+        task = await create(engine, [{"id": "a", "uses": "pao.noop", "with": {}}], max_retries=0)
+        cancelled = await engine.run_now(engine.owner, task)
+        await engine.cancel_run(engine.owner, cancelled.id)
+        expired = await engine.run_now(engine.owner, task)
+        async with db.acquire() as conn:
+            await conn.execute(
+                "UPDATE runs SET status = 'running', lease_owner = 'gone', lease_expires_at = now() - interval '1 s'"
+                " WHERE id = $1",
+                expired.id,
+            )
+            await run_store.requeue_expired(conn)
+            rows = await conn.fetch("SELECT topic, data, depth FROM events ORDER BY id")
+        assert [(r["topic"], r["data"]["run_id"], r["depth"]) for r in rows] == [
+            ("run.cancelled", str(cancelled.id), 1),
+            ("run.failed", str(expired.id), 1),
+        ]
+        assert "stopped while running" in rows[1]["data"]["error"]
+
+
+async def test_a_snoozed_or_paused_event_task_lets_events_pass(
+    database_url: str, mcp_config: Path, tmp_path: Path
+) -> None:
+    async with engine_on(database_url, mcp_config, tmp_path, run_worker=False) as engine:
+        snoozed = await event_task(engine, "bell.rang")
+        paused = await event_task(engine, "bell.rang")
+        awake = await event_task(engine, "bell.rang")
+        await engine.snooze(engine.owner, snoozed, seconds=3600, until=None)
+        await engine.pause_task(engine.owner, paused)
+        published = await publish(engine, "bell.rang")
+        assert [r.task_id for r in published.runs] == [awake]
+        await engine.resume_task(engine.owner, snoozed)
+        await engine.resume_task(engine.owner, paused)
+        again = await publish(engine, "bell.rang")
+        assert {r.task_id for r in again.runs} == {snoozed, paused, awake}

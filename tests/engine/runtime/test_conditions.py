@@ -150,3 +150,19 @@ async def test_condition_fields_are_checked_when_saved(database_url: str, mcp_co
         task = await condition_task(engine, noop, "${probe.x is defined}")
         moved = await engine.update_task(engine.owner, task, {"schedule_kind": "event", "schedule_expr": "a.b"})
         assert moved.task.probe is None and moved.task.when is None
+
+
+async def test_conditions_created_together_probe_at_instants_spread_over_the_interval(
+    database_url: str, mcp_config: Path, tmp_path: Path, db: asyncpg.Pool
+) -> None:
+    async with engine_on(database_url, mcp_config, tmp_path, run_worker=False) as engine:
+        for _ in range(40):
+            await condition_task(engine, {"uses": "pao.noop", "with": {}}, "${probe.x is defined}")
+        async with db.acquire() as conn:
+            spread = await conn.fetchrow(
+                "SELECT count(DISTINCT next_fire_at) AS distinct_instants,"
+                " extract(epoch FROM max(next_fire_at) - min(next_fire_at)) AS seconds,"
+                " extract(epoch FROM max(next_fire_at) - now()) AS last_in FROM tasks"
+            )
+    assert spread["distinct_instants"] == 40
+    assert spread["seconds"] > 1800 and spread["last_in"] <= 3600  # over half of the 1 h interval, within it

@@ -88,6 +88,7 @@ async def test_events_published_while_redis_is_down_are_delivered_when_it_comes_
     url = f"redis://127.0.0.1:{port}/0"
     async with engine_on(database_url, mcp_config, tmp_path, run_worker=False) as engine:
         relay = Relay(engine.db, redis_url=url, stream="pao:events", dsn=database_url, poll=0.1)
+        await relay.register()  # what run() does first, even with Redis down
         running = asyncio.create_task(relay.run())
         try:
             published = [
@@ -134,11 +135,22 @@ async def test_run_ends_go_out_too_and_nothing_is_sent_twice(
 ) -> None:
     stream = unique_stream(redis, "out")
     async with engine_on(database_url, mcp_config, tmp_path) as engine:
+        # No relay has ever run on this database: events do not pile up in an outbox nobody empties.
+        await engine.publish_event(engine.owner, topic="before.relay", data={}, dedupe_key=None, source=None)
+        assert (await engine.health())["relay"] | {"oldest_seconds": None} == {
+            "redis": False,
+            "relay_running": False,
+            "stream_out": "pao:events",
+            "stream_in": "pao:inbox",
+            "waiting": 0,
+            "oldest_seconds": None,
+        }
+        relay = Relay(engine.db, redis_url=redis_url, stream=stream, dsn=database_url)
+        await relay.register()
         task = await create(engine, [{"id": "a", "uses": "pao.noop", "with": {}}])
         run = await wait_run(engine, (await engine.run_now(engine.owner, task)).id)
         assert run.status == "succeeded"
         published = await engine.publish_event(engine.owner, topic="x.y", data={}, dedupe_key=None, source=None)
-        relay = Relay(engine.db, redis_url=redis_url, stream=stream, dsn=database_url)
         async with streams.connect(redis_url) as client:
             assert await relay.relay_once(client) == 2
             assert await relay.relay_once(client) == 0
