@@ -195,14 +195,10 @@ async def list_page(
     return [EventRecord.from_row(r) for r in rows]
 
 
-async def claim_outbox(conn: asyncpg.Connection, limit: int) -> list[OutboxEntry]:
-    """Lock the oldest `limit` events waiting for the relay (the caller owns the transaction)."""
-    return [OutboxEntry.from_row(r) for r in await conn.fetch(sql("claim_outbox"), limit)]
-
-
-async def delete_outbox(conn: asyncpg.Connection, event_ids: list[int]) -> None:
-    if event_ids:
-        await conn.execute(sql("delete_outbox"), event_ids)
+async def take_outbox(conn: asyncpg.Connection, limit: int) -> list[OutboxEntry]:
+    """Take the oldest `limit` events waiting for the relay out of the outbox, oldest first; the caller
+    owns the transaction and rolls it back if they could not be delivered."""
+    return [OutboxEntry.from_row(r) for r in await conn.fetch(sql("take_outbox"), limit)]
 
 
 async def outbox_lag(conn: asyncpg.Connection) -> tuple[int, float | None, bool]:

@@ -77,18 +77,19 @@ WHERE ($1::text IS NULL OR topic = $1)
 ORDER BY id DESC
 LIMIT $6;
 
--- name: claim_outbox
--- The relay's batch: the oldest events not yet appended to the outgoing stream, locked so that
--- relays of several processes never send one twice; the caller deletes them once Redis has them,
--- in this same transaction (Redis down: the transaction rolls back and the rows stay).
+-- name: take_outbox
+-- The relay's batch: the oldest events not yet appended to the outgoing stream, taken out of the
+-- outbox in one statement (SKIP LOCKED: relays of several processes never take one twice). The
+-- caller appends them to Redis before it commits; if Redis fails, the transaction rolls back and
+-- the rows are back in the outbox.
+WITH taken AS (
+    DELETE FROM event_outbox
+    WHERE event_id IN (SELECT event_id FROM event_outbox ORDER BY event_id LIMIT $1 FOR UPDATE SKIP LOCKED)
+    RETURNING event_id
+)
 SELECT e.id, e.topic, e.data, e.source, e.dedupe_key, e.depth, e.created_at
-FROM event_outbox o JOIN events e ON e.id = o.event_id
-ORDER BY o.event_id
-LIMIT $1
-FOR UPDATE OF o SKIP LOCKED;
-
--- name: delete_outbox
-DELETE FROM event_outbox WHERE event_id = ANY($1::bigint[]);
+FROM taken JOIN events e ON e.id = taken.event_id
+ORDER BY e.id;
 
 -- name: outbox_lag
 -- What health reports of the relay: events waiting for it, and how long the oldest has waited.

@@ -2,9 +2,10 @@
 ingest that turns entries of PAO_STREAM_IN into published events.
 
 Outgoing. Every stored event (published ones and run ends alike) gets an `event_outbox` row in the
-transaction that stores it. The relay takes the oldest rows (SKIP LOCKED: relays of several
-processes never send one twice), appends them with XADD in one round trip, and deletes them in
-the same transaction; if Redis is down the transaction rolls back and the rows wait. A crash after
+transaction that stores it (while a relay runs, see `register`). The relay takes the oldest rows
+out (one DELETE ... RETURNING, SKIP LOCKED: relays of several processes never send one twice),
+appends them with XADD in one round trip, and only then commits; if Redis is down the transaction
+rolls back and the rows wait. A crash after
 XADD and before the commit re-sends at most one batch, and every entry carries `event_id`, so a
 consumer can drop what it has seen.
 
@@ -107,11 +108,11 @@ class Relay(_Loop):
         """Append one batch; returns how many events were delivered."""
         await self.register()
         async with self._db.acquire() as conn, conn.transaction():
-            entries = await event_store.claim_outbox(conn, self._batch)
+            entries = await event_store.take_outbox(conn, self._batch)
             if not entries:
                 return 0
+            # Committed only once Redis has them: if XADD fails, the rollback puts them back.
             await streams.append(client, self._stream, [entry_fields(e) for e in entries])
-            await event_store.delete_outbox(conn, [e.id for e in entries])
         return len(entries)
 
     async def run(self) -> None:
