@@ -42,12 +42,18 @@ CREATE TABLE event_relays (
     seen_at  timestamptz NOT NULL DEFAULT now()
 );
 
+-- Matchers and relays wake on :EVENTS_CHANNEL when there is work for them: events to match, or
+-- events in the outbox.
 CREATE FUNCTION pao_event_stored() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    relaying boolean := EXISTS (SELECT 1 FROM event_relays WHERE seen_at > now() - interval '1 day');
 BEGIN
-    IF EXISTS (SELECT 1 FROM event_relays WHERE seen_at > now() - interval '1 day') THEN
+    IF relaying THEN
         INSERT INTO event_outbox (event_id) SELECT id FROM stored;
     END IF;
-    PERFORM pg_notify(:EVENTS_CHANNEL, '');
+    IF relaying OR EXISTS (SELECT 1 FROM stored WHERE matched_at IS NULL) THEN
+        PERFORM pg_notify(:EVENTS_CHANNEL, '');
+    END IF;
     RETURN NULL;
 END
 $$;
@@ -57,17 +63,23 @@ CREATE TRIGGER events_to_outbox AFTER INSERT ON events
 -- A run that ends (queued or running -> succeeded, failed, cancelled) publishes run.<status>, in
 -- the transaction that ends it, whichever path ends it (a worker's completion, a lease that
 -- expired with no attempt left, cancel_run, cancel_task). One statement per statement of runs:
--- a batch of 500 completions writes its 500 events in one INSERT.
+-- a batch of 500 completions writes its 500 events in one INSERT. An event no active event task
+-- listens for (no task on 'run.<status>' or 'run.*': the index answers) is stored as matched
+-- already, so the matchers have nothing to do for it.
 CREATE FUNCTION pao_run_ended() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO events (topic, data, source, published_by, depth)
+    INSERT INTO events (topic, data, source, published_by, depth, matched_at)
     SELECT 'run.' || n.status,
            jsonb_build_object(
                'task_id', n.task_id, 'run_id', n.id, 'status', n.status, 'trigger', n.trigger,
                'attempt', n.attempt, 'outputs', n.outputs, 'error', n.error, 'reason', n.reason,
                'event_id', n.event_id),
            'pao', t.created_by,
-           coalesce((n.trigger_data -> 'event' ->> 'depth')::int, 0) + 1
+           coalesce((n.trigger_data -> 'event' ->> 'depth')::int, 0) + 1,
+           CASE WHEN EXISTS (
+               SELECT 1 FROM tasks l
+               WHERE l.status = 'active' AND l.schedule_kind = 'event' AND l.schedule_expr IN ('run.' || n.status, 'run.*')
+           ) THEN NULL ELSE now() END
     FROM ended_new n
     JOIN ended_old o ON o.id = n.id
     JOIN tasks t ON t.id = n.task_id
