@@ -29,7 +29,7 @@ import asyncpg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mcp import Client
+from mcp import Client, StdioServerParameters
 
 from pao_orchestrator.engine import Engine, Settings, open_engine
 from pao_orchestrator.engine.runtime import Relay
@@ -80,45 +80,70 @@ async def event_task(engine: Engine, pattern: str) -> None:
 # --------------------------------------------------------------------------- event -> run start
 
 
+async def _measure(client: Client, conn: asyncpg.Connection, count: int, topic: str) -> tuple[list[float], list[float]]:
+    """(publish_event over `client` -> the run's started_at, ms; the peer: a get_event round trip, ms)."""
+    first = await client.call_tool("publish_event", {"topic": "lat.warm", "data": {}})
+    warm_id = first.structured_content["event_id"]  # type: ignore[index]
+    starts: list[float] = []
+    bare: list[float] = []
+    for i in range(count):
+        t0 = time.perf_counter()
+        await client.call_tool("get_event", {"event_id": warm_id})
+        bare.append((time.perf_counter() - t0) * 1000)
+        wall = datetime.now(UTC)
+        result = await client.call_tool("publish_event", {"topic": topic, "data": {"i": i}})
+        run_id = uuid.UUID(result.structured_content["runs"][0]["run_id"])  # type: ignore[index]
+        starts.append((await _started(conn, run_id) - wall).total_seconds() * 1000)
+    return starts, bare
+
+
+async def _started(conn: asyncpg.Connection, run_id: uuid.UUID) -> datetime:
+    """When the run started (the database's clock), once it has ended: the next event finds the worker idle."""
+    while True:
+        row = await conn.fetchrow("SELECT status, started_at FROM runs WHERE id = $1", run_id)
+        if row["status"] in ("succeeded", "failed"):
+            return row["started_at"]  # type: ignore[no-any-return]
+        await asyncio.sleep(0.002)
+
+
 async def latency(admin_dsn: str, count: int) -> None:
-    async with fresh_database(admin_dsn, "lat") as url, open_engine(settings(url)) as engine:
-        await event_task(engine, "lat.ping")
-        mcp_start: list[float] = []
-        direct_start: list[float] = []
-        bare: list[float] = []
-        async with Client(create_server(engine)) as client, engine.db.acquire() as conn:
-            first = await client.call_tool("publish_event", {"topic": "lat.warm", "data": {}})
-            warm_id = first.structured_content["event_id"]  # type: ignore[index]
-
-            async def started(run_id: str) -> datetime:
-                while True:
-                    row = await conn.fetchrow("SELECT status, started_at FROM runs WHERE id = $1", uuid.UUID(run_id))
-                    if row["status"] in ("succeeded", "failed"):
-                        return row["started_at"]  # type: ignore[no-any-return]
-                    await asyncio.sleep(0.002)
-
-            for i in range(count):
-                # The peer: the same SDK round trip for a read that does no work.
-                t0 = time.perf_counter()
-                await client.call_tool("get_event", {"event_id": warm_id})
-                bare.append((time.perf_counter() - t0) * 1000)
-                wall = datetime.now(UTC)
-                result = await client.call_tool("publish_event", {"topic": "lat.ping", "data": {"i": i}})
-                run_id = result.structured_content["runs"][0]["run_id"]  # type: ignore[index]
-                mcp_start.append((await started(run_id) - wall).total_seconds() * 1000)
-                wall = datetime.now(UTC)
-                published = await engine.publish_event(
-                    engine.owner, topic="lat.ping", data={"i": i}, dedupe_key=None, source=None
-                )
-                direct_start.append((await started(str(published.runs[0].run_id)) - wall).total_seconds() * 1000)
-    print(f"\nevent -> run start ({count} events, one at a time, worker idle; `pao serve` in one process)")
-    print(f"{'path':<38}{'p50 ms':>8}{'p90 ms':>8}{'p99 ms':>8}")
-    for name, values in (
-        ("publish_event over MCP -> started_at", mcp_start),
-        ("engine.publish_event -> started_at", direct_start),
-        ("peer: MCP round trip of get_event", bare),
-    ):
-        print(f"{name:<38}{pct(values, 50):>8.2f}{pct(values, 90):>8.2f}{pct(values, 99):>8.2f}")
+    rows: list[tuple[str, list[float]]] = []
+    async with fresh_database(admin_dsn, "lat") as url:
+        async with open_engine(settings(url)) as engine:
+            await event_task(engine, "lat.ping")
+            async with Client(create_server(engine)) as client, engine.db.acquire() as conn:
+                starts, bare = await _measure(client, conn, count, "lat.ping")
+                direct: list[float] = []
+                for i in range(count):
+                    wall = datetime.now(UTC)
+                    done = await engine.publish_event(
+                        engine.owner, topic="lat.ping", data={"i": i}, dedupe_key=None, source=None
+                    )
+                    direct.append((await _started(conn, done.runs[0].run_id) - wall).total_seconds() * 1000)
+            rows += [
+                ("in-process MCP session -> started_at", starts),
+                ("  peer: its get_event round trip", bare),
+                ("engine.publish_event -> started_at", direct),
+            ]
+        # `pao serve` over stdio, as an MCP client starts it: the real transport and its own process.
+        data_dir = Path(tempfile.mkdtemp(prefix="pao-bench-events-"))
+        env = {**os.environ, "DATABASE_URL": url, "PAO_DATA_DIR": str(data_dir), "PAO_LOG_LEVEL": "WARNING"}
+        env["PAO_MCP_CONFIG"] = str(data_dir / "none.json")
+        env.pop("REDIS_URL", None)
+        params = StdioServerParameters(
+            command=sys.executable, args=["-m", "pao_orchestrator.server.cli", "serve"], env=env, cwd=str(data_dir)
+        )
+        async with Client(params) as client:
+            conn = await asyncpg.connect(url)
+            try:
+                starts, bare = await _measure(client, conn, count, "lat.ping")
+            finally:
+                await conn.close()
+        rows += [("`pao serve` over stdio -> started_at", starts), ("  peer: its get_event round trip", bare)]
+    print(f"\nevent -> run start ({count} events published one at a time over MCP, worker idle)")
+    print(f"{'path':<40}{'p50 ms':>8}{'p90 ms':>8}{'p99 ms':>8}")
+    for name, values in rows:
+        print(f"{name:<40}{pct(values, 50):>8.2f}{pct(values, 90):>8.2f}{pct(values, 99):>8.2f}")
 
 
 # --------------------------------------------------------------------------- fan-out
