@@ -236,13 +236,36 @@ async def publish(conn: asyncpg.Connection, new: NewEvent, *, limits: EventLimit
     return Published(event, runs)
 
 
+def _connection_trouble(exc: BaseException) -> bool:
+    """An error that says "the database", not "this event": retry the batch later."""
+    if isinstance(exc, asyncpg.PostgresError):
+        # Data exception, integrity violation, program limit: about the data of one event.
+        return str(exc.sqlstate or "")[:2] not in {"22", "23", "54"}
+    return isinstance(exc, DATABASE_ERRORS)
+
+
 async def match_pending(db: asyncpg.Pool, *, limit: int = 500) -> int:
     """Match a batch of events stored unmatched (run ends); returns how many were matched."""
     async with db.acquire() as conn, conn.transaction():
         events = await event_store.claim_unmatched(conn, limit)
         if not events:
             return 0
-        await match(conn, events)
+        try:
+            async with conn.transaction():
+                await match(conn, events)
+        except Exception as exc:
+            if _connection_trouble(exc):
+                raise
+            # One event the matcher cannot handle (data Postgres refuses, a bug) must not hold up the
+            # backlog behind it: match one by one, and let the one that fails go, logged, with no runs.
+            for event in events:
+                try:
+                    async with conn.transaction():
+                        await match(conn, [event])
+                except Exception as again:
+                    if _connection_trouble(again):
+                        raise
+                    log.exception("event %s (%s) could not be matched; it starts no run", event.id, event.topic)
         await event_store.mark_matched(conn, [e.id for e in events])
     return len(events)
 
