@@ -12,7 +12,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator
 
-from pao_orchestrator.engine.runtime import Payload, ProbeStep
+from pao_orchestrator.engine.runtime import Payload, PipelineStep
 from pao_orchestrator.vocabulary import (
     BackoffStrategy,
     MisfirePolicy,
@@ -54,7 +54,7 @@ class TaskSpec(BaseModel):
     filter: str | None = Field(
         default=None, max_length=2000, description="event: run only if this ${...} is truthy for the event."
     )
-    probe: ProbeStep | None = Field(default=None, description="condition: the step polled every schedule_expr.")
+    probe: PipelineStep | None = Field(default=None, description="condition: the step polled every schedule_expr.")
     when: str | None = Field(
         default=None, max_length=2000, description="condition: a ${...} over ${probe}; runs when it turns true."
     )
@@ -63,6 +63,14 @@ class TaskSpec(BaseModel):
     @classmethod
     def _strip(cls, value: str) -> str:
         return value.strip()
+
+    @field_validator("probe", mode="before")
+    @classmethod
+    def _probe_id(cls, value: Any) -> Any:
+        # A probe is one step: its id may be left out (it is read as ${probe}, never by id).
+        if isinstance(value, dict) and "id" not in value:
+            return {"id": "probe", **value}
+        return value
 
 
 class Task(BaseModel):

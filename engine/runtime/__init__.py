@@ -23,7 +23,7 @@ from pao_orchestrator.engine.runtime.events import (
 from pao_orchestrator.engine.runtime.executor import Executor, RunHandle, ToolCaller, lease_clock
 from pao_orchestrator.engine.runtime.fires import between as fires_between
 from pao_orchestrator.engine.runtime.fires import span as fires_span
-from pao_orchestrator.engine.runtime.pipeline import Payload, PipelineStep, ProbeStep
+from pao_orchestrator.engine.runtime.pipeline import Payload, PipelineStep
 from pao_orchestrator.engine.runtime.relay import Ingest, Relay
 from pao_orchestrator.engine.runtime.renderer import Renderer
 from pao_orchestrator.engine.runtime.scheduler import PassResult, Scheduler
@@ -40,7 +40,6 @@ __all__ = [
     "PassResult",
     "Payload",
     "PipelineStep",
-    "ProbeStep",
     "Prober",
     "Published",
     "Relay",

@@ -29,7 +29,7 @@ from pao_orchestrator.engine.runtime.arguments import validate_arguments
 from pao_orchestrator.engine.runtime.builtins import BUILTINS, call_builtin
 from pao_orchestrator.engine.runtime.enqueuing import enqueue, serial_key
 from pao_orchestrator.engine.runtime.executor import ToolCaller
-from pao_orchestrator.engine.runtime.pipeline import ProbeStep
+from pao_orchestrator.engine.runtime.pipeline import PipelineStep
 from pao_orchestrator.engine.schedule import parse_schedule
 from pao_orchestrator.errors import PaoError, StepError
 from pao_orchestrator.store import DATABASE_ERRORS, ProbeClaim
@@ -112,7 +112,7 @@ class Prober:
         try:
             if task.probe is None or task.when is None:
                 raise StepError("this condition task has no probe or no when; update_task to add them", retryable=False)
-            step = ProbeStep.model_validate(task.probe)
+            step = PipelineStep.model_validate(task.probe)
             t0 = time.perf_counter()
             result = await self._call(step, task, secrets, now)
             holds = self._holds(task.when, result, task, now)
@@ -163,7 +163,7 @@ class Prober:
                     default_concurrency_key=serial_key(task.id, task.overlap_policy),
                 )
 
-    async def _call(self, step: ProbeStep, task: Any, secrets: templating.Secrets, now: datetime) -> Any:
+    async def _call(self, step: PipelineStep, task: Any, secrets: templating.Secrets, now: datetime) -> Any:
         arguments: Any = step.with_
         if templating.is_templated(arguments):
             context = {"task": {"id": str(task.id), "title": task.title}, "now": now.isoformat(), "secrets": secrets}

@@ -40,12 +40,6 @@ class PipelineStep(BaseModel):
         return self.uses.split(".", 1)[1]
 
 
-class ProbeStep(PipelineStep):
-    """A condition task's probe: one step, polled; its output is `${probe}` in `when`."""
-
-    id: str = Field(default="probe", pattern=_IDENT)
-
-
 class Payload(BaseModel):
     """A task's payload: the pipeline its runs execute."""
 
