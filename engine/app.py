@@ -309,6 +309,7 @@ async def open_engine(
             background.append(asyncio.create_task(prober.run(), name="prober"))
             if settings.redis_url:
                 relay = Relay(db, redis_url=settings.redis_url, stream=settings.stream_out, dsn=dsn)
+                await relay.register()  # from here on every stored event enters the outbox
                 ingest = Ingest(
                     db,
                     redis_url=settings.redis_url,

@@ -212,3 +212,33 @@ async def test_ingest_redelivers_what_a_dead_consumer_left_processes_it_once_and
         assert reasons[2].startswith("topic: is missing")
         assert all(d["stream"] == stream and d["entry_id"] for d in dead)
         assert read_by_dead
+
+
+async def test_an_engine_with_redis_url_bridges_both_ways(
+    database_url: str, mcp_config: Path, tmp_path: Path, redis_url: str, redis: aioredis.Redis
+) -> None:
+    inbox, outbox = unique_stream(redis, "inbox"), unique_stream(redis, "outbox")
+    async with engine_on(
+        database_url, mcp_config, tmp_path, redis_url=redis_url, stream_in=inbox, stream_out=outbox
+    ) as engine:
+        created = await engine.create_task(
+            engine.owner,
+            {
+                "title": "on mail",
+                "schedule_kind": "event",
+                "schedule_expr": "mail.in",
+                "payload": {"pipeline": [{"id": "a", "uses": "pao.noop", "with": {"s": "${event.data.subject}"}}]},
+            },
+        )
+        await redis.xadd(inbox, {"topic": "mail.in", "data": '{"subject": "hi"}'})
+        async with asyncio.timeout(20):
+            while True:
+                topics = [f["topic"] for _, f in await redis.xrange(outbox)]
+                if "run.succeeded" in topics:
+                    break
+                await asyncio.sleep(0.05)
+        assert topics == ["mail.in", "run.succeeded"]
+        runs, _ = await engine.list_runs(task_id=created.task.id, status=None, limit=5, cursor=None)
+        assert [r.status for r in runs] == ["succeeded"] and runs[0].trigger_data["event"]["data"] == {"subject": "hi"}
+        assert (await engine.health())["relay"]["relay_running"] is True
+        assert (await redis.xpending(inbox, CONSUMER_GROUP))["pending"] == 0
