@@ -62,12 +62,14 @@ CREATE TRIGGER events_to_outbox AFTER INSERT ON events
 
 -- A run that ends (queued or running -> succeeded, failed, cancelled) publishes run.<status>, in
 -- the transaction that ends it, whichever path ends it (a worker's completion, a lease that
--- expired with no attempt left, cancel_run, cancel_task). One statement per statement of runs:
--- a batch of 500 completions writes its 500 events in one INSERT. An event no active event task
--- listens for (no task on 'run.<status>' or 'run.*': the index answers) is stored as matched
--- already, so the matchers have nothing to do for it.
-CREATE FUNCTION pao_run_ended() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
+-- expired with no attempt left, cancel_run, cancel_task); so does a run recorded as failed when it
+-- is created (a key that did not render, a filter that failed), except one refused because its
+-- event chain is too long (trigger_data.chain_stopped): that refusal ends the chain. One INSERT per
+-- statement on runs: a batch of 500 completions writes its 500 events at once. An event no active
+-- event task listens for (no task on 'run.<status>' or 'run.*': the index answers) is stored as
+-- matched already, so the matchers have nothing to do for it.
+-- The runs are read back by id (an AFTER trigger sees their new state).
+CREATE FUNCTION pao_publish_run_ends(ended uuid[]) RETURNS void LANGUAGE sql AS $$
     INSERT INTO events (topic, data, source, published_by, depth, matched_at)
     SELECT 'run.' || n.status,
            jsonb_build_object(
@@ -80,14 +82,41 @@ BEGIN
                SELECT 1 FROM tasks l
                WHERE l.status = 'active' AND l.schedule_kind = 'event' AND l.schedule_expr IN ('run.' || n.status, 'run.*')
            ) THEN NULL ELSE now() END
-    FROM ended_new n
-    JOIN ended_old o ON o.id = n.id
+    FROM runs n
     JOIN tasks t ON t.id = n.task_id
-    WHERE o.status IN ('queued', 'running') AND n.status IN ('succeeded', 'failed', 'cancelled')
-    ORDER BY n.id;
+    WHERE n.id = ANY(ended)
+    ORDER BY n.id
+$$;
+
+-- Every UPDATE of runs (claims and heartbeats too) comes here; most end no run and write nothing.
+CREATE FUNCTION pao_run_ended() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    ended uuid[] := ARRAY(
+        SELECT n.id FROM ended_new n JOIN ended_old o ON o.id = n.id
+        WHERE o.status IN ('queued', 'running') AND n.status IN ('succeeded', 'failed', 'cancelled'));
+BEGIN
+    IF cardinality(ended) > 0 THEN
+        PERFORM pao_publish_run_ends(ended);
+    END IF;
     RETURN NULL;
 END
 $$;
 CREATE TRIGGER runs_end_events AFTER UPDATE ON runs
     REFERENCING OLD TABLE AS ended_old NEW TABLE AS ended_new
     FOR EACH STATEMENT EXECUTE FUNCTION pao_run_ended();
+
+CREATE FUNCTION pao_run_failed_at_once() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    failed uuid[] := ARRAY(
+        SELECT n.id FROM created n
+        WHERE n.status = 'failed' AND NOT coalesce((n.trigger_data ->> 'chain_stopped')::boolean, false));
+BEGIN
+    IF cardinality(failed) > 0 THEN
+        PERFORM pao_publish_run_ends(failed);
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER runs_failed_events AFTER INSERT ON runs
+    REFERENCING NEW TABLE AS created
+    FOR EACH STATEMENT EXECUTE FUNCTION pao_run_failed_at_once();

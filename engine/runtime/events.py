@@ -153,8 +153,9 @@ def _passes(task: EventTask, view: dict[str, Any]) -> bool:
 async def match(conn: asyncpg.Connection, events: list[EventRecord]) -> dict[int, list[EventRun]]:
     """Start the runs of every active event task each event matches; the caller owns the transaction.
 
-    A task whose filter cannot be rendered, or an event past MAX_CHAIN_DEPTH, gets a `failed` run
-    saying why (that run never ran, so it publishes no event itself: a loop stops there). A task
+    A task whose filter or keys cannot be rendered gets a `failed` run saying why (it publishes
+    run.failed, one link further down the chain); an event at MAX_CHAIN_DEPTH gets `failed` runs
+    marked `chain_stopped`, which publish nothing: a loop stops there. A task
     with a dedupe_key goes through the dedupe rule of every enqueue; the others are inserted in one
     statement.
     """
@@ -187,7 +188,12 @@ async def match(conn: asyncpg.Connection, events: list[EventRecord]) -> dict[int
                     event.created_at,
                     default_concurrency_key=serial_key(task.id, task.overlap_policy) if queue else None,
                 )
-            except (TemplateError, ChainTooDeep) as exc:
+            except ChainTooDeep as exc:
+                # Marked so that this refusal publishes no run.failed: it is where the chain ends.
+                stopped = {**trigger_data, "chain_stopped": True}
+                batch.add(task, RunStatus.FAILED, stopped, event.id, error=storable.text(str(exc)))
+                continue
+            except TemplateError as exc:
                 batch.add(task, RunStatus.FAILED, trigger_data, event.id, error=storable.text(str(exc)))
                 continue
             if keys.dedupe is not None:

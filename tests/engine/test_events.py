@@ -98,6 +98,9 @@ async def test_filters_choose_and_a_broken_filter_fails_only_its_own_run(
         assert statuses == {boss: "queued", broken: "failed", plain: "queued"}
         failed = await engine.get_run(next(r.run_id for r in first.runs if r.task_id == broken))
         assert failed.error is not None and "filter" in failed.error and "headers" in failed.error
+        # A run that failed without running still tells run.failed listeners.
+        ends, _ = await engine.list_events(topic="run.failed", since=None, until=None, limit=10, cursor=None)
+        assert [(e.data["run_id"], e.depth) for e in ends] == [(str(failed.id), 1)]
         for run in first.runs:
             if run.task_id != broken:
                 assert (await wait_run(engine, run.run_id, timeout=15)).status == "succeeded"
