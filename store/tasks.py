@@ -238,8 +238,11 @@ class ProbeClaim:
     leased_until: datetime
 
 
-async def claim_due_conditions(conn: asyncpg.Connection, *, limit: int, lease_seconds: float) -> list[ProbeClaim]:
-    rows = await conn.fetch(sql("claim_due_conditions"), limit, lease_seconds)
+async def claim_due_conditions(
+    conn: asyncpg.Connection, *, limit: int, default_timeout: float, margin: float
+) -> list[ProbeClaim]:
+    """Take up to `limit` due condition tasks, each leased for its probe's timeout plus `margin`."""
+    rows = await conn.fetch(sql("claim_due_conditions"), limit, default_timeout, margin)
     return [ProbeClaim(TaskRecord.from_row(r), r["due_at"], r["leased_until"]) for r in rows]
 
 

@@ -106,9 +106,9 @@ SELECT pg_notify(:TASKS_CHANNEL, $1);
 
 -- name: claim_due_conditions
 -- Probers take due condition tasks like schedulers take fires: SKIP LOCKED, so replicas never
--- probe one task twice. The same statement moves next_fire_at past the probe's deadline ($2
--- seconds): a lease, so no other replica probes the task while this one does (the row lock ends
--- with this statement). That instant comes back as leased_until and fences the outcome's write;
+-- probe one task twice. The same statement moves next_fire_at past the probe's deadline (its
+-- timeout_seconds, else $2, plus a margin of $3 seconds): a lease, so no other replica probes the
+-- task while this one does (the row lock ends with this statement). That instant comes back as leased_until and fences the outcome's write;
 -- due_at is the instant the probe was due, from which the next one is counted.
 WITH due AS (
     SELECT id, next_fire_at AS due_at FROM tasks
@@ -119,7 +119,7 @@ WITH due AS (
     FOR UPDATE SKIP LOCKED
 )
 UPDATE tasks t
-SET next_fire_at = now() + make_interval(secs => $2::float8)
+SET next_fire_at = now() + make_interval(secs => coalesce((t.probe ->> 'timeout_seconds')::float8, $2::float8) + $3::float8)
 FROM due
 WHERE t.id = due.id
 RETURNING t.*, due.due_at, t.next_fire_at AS leased_until;

@@ -39,6 +39,8 @@ from pao_orchestrator.vocabulary import Trigger
 log = logging.getLogger(__name__)
 
 DEFAULT_PROBE_TIMEOUT: Final = 30.0
+# A claimed task is leased for its probe's timeout plus this margin (its outcome's write included).
+LEASE_MARGIN: Final = 10.0
 MAX_RETRY_SECONDS: Final = 300.0
 MAX_STATE_BYTES: Final = 65_536
 
@@ -72,8 +74,9 @@ class Prober:
             try:
                 claimed = await self.probe_due()
                 backoff = 0.5
-            except DATABASE_ERRORS as exc:
-                log.warning("probing conditions failed (%s); retrying in %.1fs", exc, backoff)
+            except Exception as exc:
+                level = logging.WARNING if isinstance(exc, DATABASE_ERRORS) else logging.ERROR
+                log.log(level, "probing conditions failed (%r); retrying in %.1fs", exc, backoff)
                 claimed, backoff = 0, min(backoff * 2, 30.0)
                 await asyncio.sleep(backoff)
                 continue
@@ -97,9 +100,16 @@ class Prober:
         """Claim and probe one batch of due condition tasks; returns how many were claimed."""
         async with self._db.acquire() as conn:
             claims = await task_store.claim_due_conditions(
-                conn, limit=self._batch, lease_seconds=DEFAULT_PROBE_TIMEOUT + 10
+                conn, limit=self._batch, default_timeout=DEFAULT_PROBE_TIMEOUT, margin=LEASE_MARGIN
             )
-        await asyncio.gather(*(self._probe(claim) for claim in claims))
+        outcomes = await asyncio.gather(*(self._probe(claim) for claim in claims), return_exceptions=True)
+        for claim, outcome in zip(claims, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                if isinstance(outcome, DATABASE_ERRORS):
+                    raise outcome
+                # One task that cannot be probed (its schedule no longer parses, a bug) is logged and
+                # probed again when its lease ends; the others of the batch are not held up.
+                log.error("condition task %s could not be probed: %r", claim.task.id, outcome)
         return len(claims)
 
     async def _probe(self, claim: ProbeClaim) -> None:

@@ -166,3 +166,23 @@ async def test_conditions_created_together_probe_at_instants_spread_over_the_int
             )
     assert spread["distinct_instants"] == 40
     assert spread["seconds"] > 1800 and spread["last_in"] <= 3600  # over half of the 1 h interval, within it
+
+
+async def test_a_task_that_cannot_be_probed_does_not_hold_up_the_others(
+    database_url: str, mcp_config: Path, tmp_path: Path, db: asyncpg.Pool
+) -> None:
+    async with engine_on(database_url, mcp_config, tmp_path, run_worker=False) as engine:
+        broken = await condition_task(engine, {"uses": "pao.noop", "with": {"v": 1}}, "${probe.v == 1}")
+        good = await condition_task(engine, {"uses": "pao.noop", "with": {"v": 1}}, "${probe.v == 1}")
+        async with db.acquire() as conn:
+            await conn.execute("UPDATE tasks SET timezone = 'Mars/Olympus_Mons' WHERE id = $1", broken)
+        await make_due(db)
+        assert await Prober(engine.db, engine.tools, secrets={}).probe_due() == 2
+        assert (await engine.get_task(good)).probe_state["holds"] is True  # type: ignore[index]
+        assert len(await runs(db, good)) == 1
+        assert await runs(db, broken) == []
+        async with db.acquire() as conn:
+            leased_for = await conn.fetchval(
+                "SELECT extract(epoch FROM next_fire_at - now()) FROM tasks WHERE id = $1", broken
+            )
+        assert 30 < leased_for <= 41  # tried again when its lease (probe timeout + margin) ends
