@@ -38,6 +38,8 @@ from pao_orchestrator.store import events as event_store
 log = logging.getLogger(__name__)
 
 _RETRYABLE = (StoreUnavailable, *DATABASE_ERRORS)
+# SQLSTATE classes that say "this data": data exception, integrity violation, program limit.
+_DATA_CLASSES = frozenset({"22", "23", "54"})
 
 
 def entry_fields(event: OutboxEntry) -> dict[str, str]:
@@ -130,6 +132,10 @@ class Relay(_Loop):
                     except _RETRYABLE as exc:
                         await self._failed("relaying events to Redis", exc)
                         continue
+                    except Exception as exc:  # a bug: keep relaying; the batch stays in the outbox
+                        log.exception("relaying events to Redis failed")
+                        await self._failed("relaying events to Redis", exc)
+                        continue
                     self._backoff = 0.2
                     if sent < self._batch:
                         await self._pause(self._poll)
@@ -186,8 +192,16 @@ class Ingest(_Loop):
             await streams.dead_letter(client, self.stream, CONSUMER_GROUP, self.dead_stream, entry, str(exc))
             log.warning("stream %s entry %s moved to %s: %s", self.stream, entry.id, self.dead_stream, exc)
             return False
-        async with self._db.acquire() as conn, conn.transaction():
-            await publish(conn, new, limits=self._limits)
+        try:
+            async with self._db.acquire() as conn, conn.transaction():
+                await publish(conn, new, limits=self._limits)
+        except asyncpg.PostgresError as exc:
+            if str(exc.sqlstate or "")[:2] not in _DATA_CLASSES:
+                raise  # the database, not the entry: not acknowledged, so it is delivered again
+            reason = f"Postgres refused the event: {exc}"
+            await streams.dead_letter(client, self.stream, CONSUMER_GROUP, self.dead_stream, entry, reason)
+            log.warning("stream %s entry %s moved to %s: %s", self.stream, entry.id, self.dead_stream, reason)
+            return False
         return True
 
     async def ingest_once(self, client: aioredis.Redis) -> int:
