@@ -122,5 +122,20 @@ async def dead_letter(
     await _call("dead-letter", run)
 
 
+async def leave_group(client: aioredis.Redis, stream: str, group: str, consumer: str) -> bool:
+    """Remove `consumer` from the group if it holds no pending entry (those stay for XAUTOCLAIM);
+    True when it was removed."""
+
+    async def run() -> bool:
+        consumers = await client.xinfo_consumers(stream, group)
+        mine = next((c for c in consumers if c.get("name") == consumer), None)
+        if mine is None or int(mine.get("pending", 0)) > 0:
+            return False
+        await client.xgroup_delconsumer(stream, group, consumer)
+        return True
+
+    return await _call("XGROUP DELCONSUMER", run)  # type: ignore[no-any-return]
+
+
 async def ping(client: aioredis.Redis) -> None:
     await _call("PING", client.ping)

@@ -220,14 +220,23 @@ class Ingest(_Loop):
 
     async def run(self) -> None:
         async with streams.connect(self._url) as client:
-            while not self._stopping.is_set():
-                try:
-                    await self.ingest_once(client)
-                except _RETRYABLE as exc:
-                    await self._failed(f"reading {self.stream}", exc)
-                    continue
-                except Exception as exc:  # a bug: keep ingesting; the entry is redelivered later
-                    log.exception("ingesting %s failed", self.stream)
-                    await self._failed(f"reading {self.stream}", exc)
-                    continue
-                self._backoff = 0.2
+            try:
+                await self._loop(client)
+            finally:
+                # Each process reads as a consumer of its own name: one that stops with nothing pending
+                # leaves the group, so restarts do not pile up consumers.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(streams.leave_group(client, self.stream, CONSUMER_GROUP, self._consumer), 2)
+
+    async def _loop(self, client: aioredis.Redis) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self.ingest_once(client)
+            except _RETRYABLE as exc:
+                await self._failed(f"reading {self.stream}", exc)
+                continue
+            except Exception as exc:  # a bug: keep ingesting; the entry is redelivered later
+                log.exception("ingesting %s failed", self.stream)
+                await self._failed(f"reading {self.stream}", exc)
+                continue
+            self._backoff = 0.2

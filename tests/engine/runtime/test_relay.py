@@ -242,3 +242,6 @@ async def test_an_engine_with_redis_url_bridges_both_ways(
         assert [r.status for r in runs] == ["succeeded"] and runs[0].trigger_data["event"]["data"] == {"subject": "hi"}
         assert (await engine.health())["relay"]["relay_running"] is True
         assert (await redis.xpending(inbox, CONSUMER_GROUP))["pending"] == 0
+        assert [c["name"] for c in await redis.xinfo_consumers(inbox, CONSUMER_GROUP)] == [engine.worker.name]  # type: ignore[union-attr]
+    # Stopped with nothing pending, its consumer left the group: restarts do not pile them up.
+    assert await redis.xinfo_consumers(inbox, CONSUMER_GROUP) == []
