@@ -60,10 +60,11 @@ async def fresh_database(admin_dsn: str, label: str) -> AsyncIterator[str]:
 
 
 def settings(url: str, **extra: Any) -> Settings:
+    """Settings for an engine of this benchmark: no Redis bridge (REDIS_URL is for the bridge figures,
+    which use streams of their own), so nothing is written to the default streams."""
     data_dir = Path(tempfile.mkdtemp(prefix="pao-bench-events-"))
-    return Settings(
-        database_url=url, data_dir=data_dir, mcp_config=data_dir / "none.json", log_level="WARNING", **extra
-    )
+    values: dict[str, Any] = {"redis_url": None, "log_level": "WARNING", **extra}
+    return Settings(database_url=url, data_dir=data_dir, mcp_config=data_dir / "none.json", **values)
 
 
 def pct(values: list[float], q: float) -> float:

@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from pao_orchestrator.contracts import CONSUMER_GROUP
 from pao_orchestrator.engine.runtime import EventLimits, Ingest, Relay
 from pao_orchestrator.store import streams
+from tests.conftest import REDIS_FOR_TESTS
 from tests.engine.support import create, engine_on, wait_run
 
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
@@ -25,7 +26,7 @@ DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 
 @pytest.fixture
 async def redis_url() -> AsyncIterator[str]:
-    url = os.environ.get("REDIS_URL", DEFAULT_REDIS)
+    url = os.environ.get(REDIS_FOR_TESTS, DEFAULT_REDIS)  # REDIS_URL, set aside by conftest
     client = aioredis.Redis.from_url(url, socket_connect_timeout=2)
     try:
         await client.ping()
