@@ -49,6 +49,7 @@ def settings(url: str, **extra: Any) -> Settings:
     which use streams of their own), so nothing is written to the default streams."""
     data_dir = Path(tempfile.mkdtemp(prefix="pao-bench-events-"))
     values: dict[str, Any] = {"redis_url": None, "log_level": "WARNING", **extra}
+    (data_dir / "none.json").write_text('{"mcpServers": {}}')  # no downstream server, and pao says none
     return Settings(database_url=url, data_dir=data_dir, mcp_config=data_dir / "none.json", **values)
 
 
@@ -115,6 +116,7 @@ async def measure_latency(admin_dsn: str, count: int) -> list[tuple[str, list[fl
         # `pao serve` over stdio, as an MCP client starts it: the real transport and its own process.
         data_dir = Path(tempfile.mkdtemp(prefix="pao-bench-events-"))
         env = {**os.environ, "DATABASE_URL": url, "PAO_DATA_DIR": str(data_dir), "PAO_LOG_LEVEL": "WARNING"}
+        (data_dir / "none.json").write_text('{"mcpServers": {}}')
         env["PAO_MCP_CONFIG"] = str(data_dir / "none.json")
         env.pop("REDIS_URL", None)
         params = StdioServerParameters(
