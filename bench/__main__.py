@@ -10,17 +10,14 @@ sizes are those of the README's table. Each figure's own script (bench/<name>.py
 detail and takes more options.
 
 The figures are a registry, FIGURES: one entry per figure, naming what it measures and how, and
-an async `measure(ctx)` returning table rows. A figure whose module is not in this checkout (a
-later feature's benchmark) prints a "not available" row saying which module is missing. A module
-that adds a figure exposes `async def rows(ctx: Context) -> list[Row]` and gets one entry here.
+an async `measure(ctx)` returning table rows, which calls the measuring functions of the figure's
+own script (bench/<name>.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
-import importlib.util
 import os
 import platform
 import statistics
@@ -208,23 +205,38 @@ async def scale(ctx: Context) -> list[Row]:
     return rows
 
 
-def optional(module: str, figure: str, how: str) -> Callable[[Context], Awaitable[list[Row]]]:
-    """A figure measured by `module.rows(ctx)`, or a 'not available' row when the module is absent."""
+async def event_to_run(ctx: Context) -> list[Row]:
+    from bench import events as ev
 
-    async def measure(ctx: Context) -> list[Row]:
-        if importlib.util.find_spec(module) is None:
-            path = module.replace(".", "/") + ".py"
-            return [Row(figure, "not available", "-", "-", "-", f"{path} is not in this checkout ({how})")]
-        rows: Callable[[Context], Awaitable[list[Row]]] = importlib.import_module(module).rows
-        return await rows(ctx)
-
-    return measure
+    count = 50 if ctx.quick else 300
+    paths = dict(await ev.measure_latency(ctx.admin_dsn, count))
+    stdio, peer = paths["`pao serve` over stdio -> started_at"], paths["  peer: its get_event round trip"]
+    how = f"{count} events over `pao serve` stdio, each starting one run; peer: a get_event round trip on it"
+    rows = [
+        Row("event to run start p50, ms", f"{_p(stdio, 0.5):.2f}", "MCP round trip", f"{_p(peer, 0.5):.2f}",
+            _ratio(_p(stdio, 0.5), _p(peer, 0.5)), how),
+        Row("event to run start p99, ms", f"{_p(stdio, 0.99):.2f}", "MCP round trip", f"{_p(peer, 0.99):.2f}",
+            _ratio(_p(stdio, 0.99), _p(peer, 0.99)), "runs.started_at - the wall clock at publish"),
+    ]  # fmt: skip
+    events, tasks, rounds = (20, 20, 1) if ctx.quick else (100, 20, 3)
+    mine, theirs = await ev.fanout(ctx.admin_dsn, events, tasks, rounds, 64)
+    rows.append(
+        Row(
+            "event fan-out runs/s",
+            f"{mine:,.0f}",
+            "pgqueuer drain",
+            f"{theirs:,.0f}",
+            _ratio(mine, theirs),
+            f"{events} events x {tasks} matching tasks, median of {rounds}; pgqueuer: the same jobs enqueued",
+        )
+    )
+    return rows
 
 
 FIGURES: list[Figure] = [
     Figure("throughput", throughput),
     Figure("lateness", lateness),
-    Figure("event_to_run", optional("bench.events", "event to run p50/p99, ms", "it comes with events")),
+    Figure("event_to_run", event_to_run),
     Figure("step_overhead", step_overhead),
     Figure("http_latency", http_latency),
     Figure("scale", scale),

@@ -10,6 +10,7 @@ from pao_orchestrator.engine.agents import CreatedAgent, UpdatedAgent
 from pao_orchestrator.engine.app import MAX_WAIT_SECONDS, Engine, migrate_database, open_engine
 from pao_orchestrator.engine.changes import Change, ChangeFeed
 from pao_orchestrator.engine.doctor import Check, CheckStatus, diagnose, render_checks
+from pao_orchestrator.engine.events import Event, PublishedEvent, StartedRun
 from pao_orchestrator.engine.lifecycle import CancelledTask, FireInstant, SchedulePreview, TaskChange
 from pao_orchestrator.engine.models import (
     DEFAULT_TIMEZONE,
@@ -42,12 +43,15 @@ __all__ = [
     "CreatedAgent",
     "CreatedTask",
     "Engine",
+    "Event",
     "FireInstant",
+    "PublishedEvent",
     "Run",
     "RunStep",
     "RunSummary",
     "SchedulePreview",
     "Settings",
+    "StartedRun",
     "Task",
     "TaskChange",
     "TaskSpec",

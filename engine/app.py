@@ -20,6 +20,7 @@ import asyncpg
 from pao_orchestrator.contracts import BUILTIN_SERVER
 from pao_orchestrator.engine import agents as agent_service
 from pao_orchestrator.engine import audit, lifecycle, templating
+from pao_orchestrator.engine import events as event_service
 from pao_orchestrator.engine import runs as run_service
 from pao_orchestrator.engine import tasks as task_service
 from pao_orchestrator.engine.changes import Change, ChangeFeed
@@ -27,8 +28,13 @@ from pao_orchestrator.engine.downstream import DownstreamPool, Registry, load_re
 from pao_orchestrator.engine.models import Agent, AgentInfo, AuditEntry, Run, RunStep, RunSummary, Task
 from pao_orchestrator.engine.runtime import (
     BUILTINS,
+    EventLimits,
     Executor,
+    Ingest,
+    Matcher,
+    Prober,
     Pruner,
+    Relay,
     Renderer,
     RetentionPolicy,
     Scheduler,
@@ -39,6 +45,7 @@ from pao_orchestrator.engine.settings import Settings
 from pao_orchestrator.metrics import Metrics
 from pao_orchestrator.store import DATABASE_ERRORS, migrate, open_database, schema_version
 from pao_orchestrator.store import agents as agent_store
+from pao_orchestrator.store import events as event_store
 from pao_orchestrator.store import runs as run_store
 from pao_orchestrator.vocabulary import AuditOutcome, ChangeKind, RunStatus, ScheduleKind, StepStatus, TaskStatus
 
@@ -101,6 +108,31 @@ class Engine:
         self.worker = worker
         self.scheduler = scheduler
         self.clock = utcnow
+        self.event_limits = EventLimits(settings.max_event_bytes, settings.event_dedupe_seconds)
+
+    async def publish_event(
+        self, caller: Agent, *, topic: str, data: dict[str, Any], dedupe_key: str | None, source: str | None
+    ) -> event_service.PublishedEvent:
+        return await event_service.publish_event(
+            self.db, caller, topic=topic, data=data, dedupe_key=dedupe_key, source=source, limits=self.event_limits
+        )
+
+    async def get_event(self, caller: Agent, event_id: int) -> event_service.Event:
+        return await event_service.get_event(self.db, caller, event_id)
+
+    async def list_events(
+        self,
+        caller: Agent,
+        *,
+        topic: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        limit: int,
+        cursor: str | None,
+    ) -> tuple[list[event_service.Event], str | None]:
+        return await event_service.list_events(
+            self.db, caller, topic=topic, since=since, until=until, limit=limit, cursor=cursor
+        )
 
     async def create_task(self, caller: Agent, arguments: dict[str, Any]) -> task_service.CreatedTask:
         return await task_service.create_task(self.db, self.tools, caller, arguments, clock=self.clock)
@@ -368,18 +400,21 @@ class Engine:
         try:
             async with self.db.acquire() as conn:
                 queued_due, running, oldest = await run_store.queue_metrics(conn)
+                _waiting, relay_lag, _relaying = await event_store.outbox_lag(conn)
         except DATABASE_ERRORS as exc:
             log.warning("metrics: the queue could not be read (%s)", exc)
         else:
             self.metrics.queue_depth.set(queued_due)
             self.metrics.running.set(running)
             self.metrics.oldest_due_age.set(oldest)
+            self.metrics.relay_lag.set(relay_lag or 0.0)
         return self.metrics.exposition()
 
     async def health(self) -> dict[str, Any]:
         async with self.db.acquire() as conn:
             queued_due, running = await run_store.queue_stats(conn)
             version = await schema_version(conn)
+            waiting, oldest, relaying = await event_store.outbox_lag(conn)
         return {
             "database": "ok",
             "schema_version": version,
@@ -387,6 +422,14 @@ class Engine:
             "running": running,
             "worker": self.worker.name if self.worker else None,
             "downstream_servers": self.tools.server_names(),
+            "relay": {
+                "redis": bool(self.settings.redis_url),
+                "relay_running": relaying,
+                "stream_out": self.settings.stream_out,
+                "stream_in": self.settings.stream_in,
+                "waiting": waiting,
+                "oldest_seconds": oldest,
+            },
         }
 
 
@@ -456,6 +499,7 @@ async def open_engine(
                 renderer=renderer,
                 max_value_bytes=settings.max_value_bytes,
                 metrics=metrics,
+                event_limits=EventLimits(settings.max_event_bytes, settings.event_dedupe_seconds),
             )
             worker = Worker(
                 db,
@@ -467,6 +511,26 @@ async def open_engine(
                 metrics=metrics,
             )
             background.append(asyncio.create_task(worker.run(), name="worker"))
+            matcher = Matcher(db, dsn=dsn)
+            stack.push_async_callback(matcher.stop)
+            background.append(asyncio.create_task(matcher.run(), name="matcher"))
+            prober = Prober(db, tools, secrets=settings.secret_environ())
+            stack.push_async_callback(prober.stop)
+            background.append(asyncio.create_task(prober.run(), name="prober"))
+            if settings.redis_url:
+                relay = Relay(db, redis_url=settings.redis_url, stream=settings.stream_out, dsn=dsn)
+                await relay.register()  # from here on every stored event enters the outbox
+                ingest = Ingest(
+                    db,
+                    redis_url=settings.redis_url,
+                    stream=settings.stream_in,
+                    consumer=name,
+                    limits=EventLimits(settings.max_event_bytes, settings.event_dedupe_seconds),
+                    claim_idle_ms=int(settings.lease_seconds * 1000),
+                )
+                for loop, label in ((relay, "relay"), (ingest, "ingest")):
+                    stack.push_async_callback(loop.stop)
+                    background.append(asyncio.create_task(loop.run(), name=label))
         scheduler: Scheduler | None = None
         if run_worker if run_scheduler is None else run_scheduler:
             scheduler = Scheduler(db, dsn=dsn, metrics=metrics)

@@ -21,10 +21,13 @@ from pao_orchestrator.engine.models import Agent, Task, TaskSpec
 from pao_orchestrator.engine.runtime import fires_between, fires_span
 from pao_orchestrator.engine.tasks import (
     KEY_FIELDS,
+    TRIGGER_FIELDS,
     Clock,
     ToolCatalog,
     check_keys,
     check_pipeline,
+    check_probe_tool,
+    check_trigger_fields,
     first_fire,
     schedule_anchor,
     to_task,
@@ -132,9 +135,19 @@ async def update_task(
         row = await access.task(conn, caller, task_id, for_update=True)
         if row.status == TaskStatus.CANCELLED:
             raise Conflict(f"task {task_id} is cancelled, which is final; create a new task instead")
-        spec = parse(TaskSpec, {**_spec_fields(row), **changes})
+        merged = {**_spec_fields(row), **changes}
+        if "schedule_kind" in changes:
+            # A new kind drops the stored fields only the old kind used (filter, probe, when),
+            # unless this call sets them.
+            for name, kind in TRIGGER_FIELDS.items():
+                if name not in changes and merged.get("schedule_kind") != kind:
+                    merged[name] = None
+        spec = parse(TaskSpec, merged)
         if any(name in changes for name in (*KEY_FIELDS, "schedule_kind")):
             check_keys(spec)
+        if any(name in changes for name in (*TRIGGER_FIELDS, "schedule_kind")):
+            check_trigger_fields(spec)
+            check_probe_tool(spec, catalog)
         fields = spec.model_dump(mode="json", by_alias=True)
         changed = sorted(name for name in fields if fields[name] != getattr(row, name))
         fields.update(

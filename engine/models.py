@@ -13,7 +13,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator
 
 from pao_orchestrator.contracts import MAX_DESCRIPTION_CHARS, MAX_TITLE_CHARS
-from pao_orchestrator.engine.runtime import Payload
+from pao_orchestrator.engine.runtime import Payload, PipelineStep
 from pao_orchestrator.vocabulary import (
     AuditOutcome,
     BackoffStrategy,
@@ -79,11 +79,26 @@ class TaskSpec(BaseModel):
     pause_after_failures: StrictInt | None = Field(
         default=None, ge=1, le=1000, description="Pause after this many failed runs in a row."
     )
+    filter: str | None = Field(
+        default=None, max_length=2000, description="event: run only if this ${...} is truthy for the event."
+    )
+    probe: PipelineStep | None = Field(default=None, description="condition: the step polled every schedule_expr.")
+    when: str | None = Field(
+        default=None, max_length=2000, description="condition: a ${...} over ${probe}; runs when it turns true."
+    )
 
     @field_validator("schedule_expr")
     @classmethod
     def _strip(cls, value: str) -> str:
         return value.strip()
+
+    @field_validator("probe", mode="before")
+    @classmethod
+    def _probe_id(cls, value: Any) -> Any:
+        # A probe is one step: its id may be left out (it is read as ${probe}, never by id).
+        if isinstance(value, dict) and "id" not in value:
+            return {"id": "probe", **value}
+        return value
 
 
 class Task(BaseModel):
@@ -109,6 +124,12 @@ class Task(BaseModel):
     overlap_policy: OverlapPolicy
     pause_after_failures: int | None = Field(
         default=None, description="Pause the task after this many consecutive failed runs (null: never)."
+    )
+    filter: str | None = None
+    probe: dict[str, Any] | None = None
+    when: str | None = None
+    probe_state: dict[str, Any] | None = Field(
+        default=None, description="condition: the latest probe (value, at, error, holds)."
     )
     status: TaskStatus
     paused_reason: str | None = Field(default=None, description="Why the task is paused (null unless paused).")

@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     retention_batch_size: int = Field(default=1000, ge=1, le=100_000)
     retention_interval_seconds: float = Field(default=3600.0, gt=0)
     header_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    max_event_bytes: int = Field(default=65_536, ge=1024, le=16 * 1_048_576)
+    event_dedupe_seconds: float = Field(default=86_400.0, gt=0, le=31_536_000)
     log_level: str = "INFO"
     log_format: LogFormat | None = Field(
         default=None, description="json or text; unset: json when stderr is not a terminal, text when it is."

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -51,6 +52,55 @@ def check_keys(spec: TaskSpec) -> None:
         value = getattr(spec, name)
         if value is not None:
             templating.check_template(value, name, roots, (), simple_only=True, absent=absent)
+
+
+FILTER_ROOTS = frozenset({"event", "task", "now"})
+PROBE_ROOTS = frozenset({"task", "now", "secrets"})
+WHEN_ROOTS = frozenset({"probe", "task", "now"})
+TRIGGER_FIELDS: dict[str, ScheduleKind] = {
+    "filter": ScheduleKind.EVENT,
+    "probe": ScheduleKind.CONDITION,
+    "when": ScheduleKind.CONDITION,
+}
+
+
+def _expression(value: str, name: str, roots: frozenset[str]) -> None:
+    if "${" not in value:
+        raise InvalidArgument(
+            name, f"{value[:80]!r} is not an expression; write it as ${{...}}, e.g. {_EXAMPLES[name]}"
+        )
+    templating.check_template(value, name, roots, (), simple_only=True)
+
+
+_EXAMPLES = {
+    "filter": "'${event.data.sender == \"boss@example.com\"}'",
+    "when": "'${probe.count > 0}'",
+}
+
+
+def check_trigger_fields(spec: TaskSpec) -> None:
+    """`filter` belongs to event tasks; `probe` and `when` to condition tasks, which need both.
+
+    They are evaluated while events are matched and conditions polled, outside any run, so they
+    must be simple templates (reading values, cheap filters, comparisons), checked here.
+    """
+    for name, kind in TRIGGER_FIELDS.items():
+        if getattr(spec, name) is not None and spec.schedule_kind != kind:
+            raise InvalidArgument(
+                name, f"applies to schedule_kind={kind.value!r} only; this task is {spec.schedule_kind.value!r}"
+            )
+    if spec.schedule_kind == ScheduleKind.EVENT and spec.filter is not None:
+        _expression(spec.filter, "filter", FILTER_ROOTS)
+    if spec.schedule_kind == ScheduleKind.CONDITION:
+        if spec.probe is None:
+            raise InvalidArgument(
+                "probe",
+                "a condition task needs a probe step, e.g. {'uses': 'time.get_current_time', 'with': {...}}",
+            )
+        if spec.when is None:
+            raise InvalidArgument("when", f"a condition task needs a when expression, e.g. {_EXAMPLES['when']}")
+        templating.check_template(spec.probe.with_, "probe.with", PROBE_ROOTS, (), simple_only=True)
+        _expression(spec.when, "when", WHEN_ROOTS)
 
 
 class ToolCatalog(Protocol):
@@ -103,6 +153,36 @@ def _steps(payload: Payload) -> list[tuple[str, PipelineStep]]:
     return [(f"payload.pipeline[{i}]", s) for i, s in enumerate(payload.pipeline)] + [
         (f"payload.on_failure[{i}]", s) for i, s in enumerate(payload.on_failure)
     ]
+
+
+def check_probe_tool(spec: TaskSpec, catalog: ToolCatalog) -> None:
+    """A condition's probe names a built-in step or a server of mcp.json (its arguments are checked
+    against the tool's schema at each probe)."""
+    if spec.probe is None:
+        return
+    _check_uses(spec.probe, "probe.uses", set(catalog.server_names()))
+    if spec.probe.server == BUILTIN_SERVER and not templating.is_templated(spec.probe.with_):
+        try:
+            validate_arguments(spec.probe.uses, BUILTINS[spec.probe.tool].input_schema, spec.probe.with_)
+        except StepError as exc:
+            raise InvalidArgument("probe.with", str(exc)) from None
+
+
+def _check_uses(step: Any, field: str, known: set[str]) -> None:
+    if step.server == BUILTIN_SERVER:
+        if step.tool not in BUILTINS:
+            raise InvalidArgument(
+                field,
+                f"'{step.uses}' is not a built-in step; built-ins are: "
+                + ", ".join(f"pao.{name}" for name in sorted(BUILTINS)),
+            )
+    elif step.server not in known:
+        configured = ", ".join(sorted(known)) or "none"
+        raise InvalidArgument(
+            field,
+            f"server '{step.server}' is not in mcp.json (configured: {configured}; built-in: pao). "
+            "list_downstream_tools shows what pipelines may use",
+        )
 
 
 async def check_pipeline(payload: Payload, catalog: ToolCatalog, *, probe_timeout: float = 15.0) -> list[str]:
@@ -222,6 +302,10 @@ def first_fire(spec: TaskSpec, *, now: datetime, anchor: datetime) -> datetime |
     schedule = schedules.validate_schedule(
         spec.schedule_kind, spec.schedule_expr, spec.timezone, now=now, anchor=anchor
     )
+    if schedule.interval is not None:
+        # A condition's first probe falls anywhere in its first interval: conditions created together
+        # (or by one script) keep probing at instants spread over the interval, not all at once.
+        return now + schedule.interval * random.random()
     return schedule.next_after(now)
 
 
@@ -234,6 +318,8 @@ async def create_task(
     anchor = schedule_anchor(now)
     next_fire_at = first_fire(spec, now=now, anchor=anchor)
     check_keys(spec)
+    check_trigger_fields(spec)
+    check_probe_tool(spec, catalog)
     warnings = await check_pipeline(spec.payload, catalog)
     fields = spec.model_dump(mode="json", by_alias=True)
     fields["status"] = TaskStatus.ACTIVE

@@ -43,7 +43,8 @@ from pao_orchestrator.server.toolset import ToolSet
 log = logging.getLogger(__name__)
 
 INSTRUCTIONS = """\
-A durable scheduler. Create tasks that fire on a cron or RFC 5545 schedule, or once; each run executes a
+A durable scheduler. Create tasks that fire on a cron or RFC 5545 schedule, once, on a published event
+(publish_event), or when a polled condition turns true; each run executes a
 pipeline of tool calls on the servers listed by list_downstream_tools. Start with preview_schedule to
 check a schedule, create_task to save it, run_now (with wait) to try it, and get_run / list_runs to read
 what happened. Tasks and runs are also resources (pao://tasks/{id}, pao://runs/{id}) you can subscribe to."""

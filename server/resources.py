@@ -25,6 +25,7 @@ JSON = "application/json"
 TASK_URI = "pao://tasks/{task_id}"
 RUN_URI = "pao://runs/{run_id}"
 STEP_URI = "pao://runs/{run_id}/steps/{step_id}"
+EVENT_URI = "pao://events/{event_id}"
 HEALTH_URI = "pao://health"
 DOWNSTREAM_URI = "pao://downstream"
 LIST_PAGE = 50
@@ -115,6 +116,12 @@ def register_resources(
     )
     async def step(run_id: str, step_id: str) -> str:
         return await _read(lambda: engine.get_step(caller(), _uuid(run_id, "run_id"), step_id))
+
+    @mcp.resource(EVENT_URI, name="event", title="Event", mime_type=JSON, description="As get_event returns it.")
+    async def event(event_id: str) -> str:
+        if not event_id.isdigit():
+            raise ResourceNotFoundError(f"event_id {event_id!r} is not an event id")
+        return await _read(lambda: engine.get_event(caller(), int(event_id)))
 
     @mcp.resource(HEALTH_URI, name="health", title="Health", mime_type=JSON, description="As the health tool.")
     async def health_resource() -> str:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, Strict
 
 from pao_orchestrator.engine import MAX_WAIT_SECONDS, Agent, Engine, Run, RunStep, RunSummary, Task, TaskSpec
 from pao_orchestrator.server.admin_tools import register_admin_tools
+from pao_orchestrator.server.event_tools import register_event_tools
 from pao_orchestrator.server.metadata import (
     CANCEL,
     CREATE,
@@ -86,6 +87,7 @@ class Health(BaseModel):
     running: int
     worker: str | None
     downstream_servers: list[str]
+    relay: dict[str, Any] = Field(description="Redis bridge: events waiting in the outbox, oldest age (s).")
 
 
 Wait = Annotated[
@@ -212,5 +214,6 @@ def register_tools(tools: ToolSet, engine: Engine, caller: Callable[[], Agent]) 
         return Health.model_validate({"status": "ok", **await engine.health()})
 
     register_schedule_tools(tools, engine, caller)
+    register_event_tools(tools, engine, caller)
     register_admin_tools(tools, engine, caller)
     return Reads(health=health_read, downstream=downstream)

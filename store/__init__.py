@@ -2,16 +2,17 @@
 
 The door of the store room: the engine imports only the names below. One
 module and one SQL file per table family (`tasks`, `runs`, `steps`, `agents`,
-`audit`); each module's functions take a connection (the caller owns the
+`audit`, `events`; `streams` is the Redis side); each module's functions take a connection (the caller owns the
 transaction) and return typed records.
 """
 
 from __future__ import annotations
 
-from pao_orchestrator.store import agents, audit, diagnostics, retention, runs, steps, tasks
+from pao_orchestrator.store import agents, audit, diagnostics, events, retention, runs, steps, streams, tasks
 from pao_orchestrator.store.agents import AgentRecord
 from pao_orchestrator.store.database import DATABASE_ERRORS, Connection, Pool, create_pool, open_database
 from pao_orchestrator.store.embedded import EmbeddedPostgres
+from pao_orchestrator.store.events import EventRecord, EventRun, EventRunBatch, EventTask, OutboxEntry
 from pao_orchestrator.store.listener import Listener
 from pao_orchestrator.store.migrator import latest_version, migrate, schema_version
 from pao_orchestrator.store.runs import ClaimedRun, Completion, InsertedRun, NewRun, RunBatch, RunRecord
@@ -23,7 +24,7 @@ from pao_orchestrator.store.scratch import (
     with_database,
 )
 from pao_orchestrator.store.steps import StepRecord, StepRow
-from pao_orchestrator.store.tasks import DueTask, TaskAdvance, TaskRecord
+from pao_orchestrator.store.tasks import DueTask, ProbeClaim, TaskAdvance, TaskRecord
 
 __all__ = [
     "DATABASE_ERRORS",
@@ -33,10 +34,16 @@ __all__ = [
     "Connection",
     "DueTask",
     "EmbeddedPostgres",
+    "EventRecord",
+    "EventRun",
+    "EventRunBatch",
+    "EventTask",
     "InsertedRun",
     "Listener",
     "NewRun",
+    "OutboxEntry",
     "Pool",
+    "ProbeClaim",
     "RunBatch",
     "RunRecord",
     "StepRecord",
@@ -49,6 +56,7 @@ __all__ = [
     "data_folder",
     "database_name",
     "diagnostics",
+    "events",
     "latest_version",
     "migrate",
     "open_database",
@@ -58,6 +66,7 @@ __all__ = [
     "schema_version",
     "scratch_database",
     "steps",
+    "streams",
     "tasks",
     "with_database",
 ]

@@ -20,6 +20,7 @@ from importlib.resources.abc import Traversable
 import asyncpg
 
 from pao_orchestrator.errors import PaoError
+from pao_orchestrator.store.queries import fill_contracts
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ async def migrate(conn: asyncpg.Connection, directory: Traversable = MIGRATIONS)
                     )
                 continue
             async with conn.transaction():
-                await conn.execute(migration.sql)
+                await conn.execute(fill_contracts(migration.sql))
                 await conn.execute(
                     "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
                     migration.version,

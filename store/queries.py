@@ -39,6 +39,11 @@ def _load() -> dict[str, str]:
     return queries
 
 
+def fill_contracts(text: str) -> str:
+    """`text` with each `:<NAME>_CHANNEL` replaced by the quoted channel name from the contracts."""
+    return _CONTRACT_NAME.sub(_fill, text)
+
+
 def sql(name: str) -> str:
     """The statement named `name`."""
     return _load()[name]

@@ -86,6 +86,7 @@ class NewRun:
     available_at: datetime
     reason: str | None
     created_by: UUID | None
+    event_id: int | None = None
 
 
 @dataclass
@@ -171,6 +172,7 @@ async def insert(conn: asyncpg.Connection, run: NewRun) -> RunRecord:
         run.available_at,
         run.reason,
         run.created_by,
+        run.event_id,
     )
     return RunRecord.from_row(row)
 

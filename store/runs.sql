@@ -5,8 +5,8 @@
 -- One statement enqueues and wakes the workers; the NOTIFY is delivered on commit.
 WITH inserted AS (
     INSERT INTO runs (task_id, status, trigger, trigger_data, scheduled_for, priority, concurrency_key,
-                      dedupe_key, deduped_of, max_attempts, available_at, reason, created_by, finished_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
+                      dedupe_key, deduped_of, max_attempts, available_at, reason, created_by, event_id, finished_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
             CASE WHEN $2 IN ('skipped', 'cancelled') THEN now() END)
     RETURNING *
 ), wake AS (

@@ -42,6 +42,9 @@ DEFINITION = (
     "misfire_grace_seconds",
     "overlap_policy",
     "pause_after_failures",
+    "filter",
+    "probe",
+    "when",
 )
 
 
@@ -76,6 +79,10 @@ class TaskRecord(Record):
     paused_reason: str | None
     paused_at: datetime | None
     failures_counted_from: datetime | None
+    filter: str | None
+    probe: dict[str, Any] | None
+    when: str | None
+    probe_state: dict[str, Any] | None
     created_by: UUID
     created_at: datetime
     updated_at: datetime
@@ -243,3 +250,40 @@ async def next_due(conn: asyncpg.Connection) -> tuple[datetime | None, datetime]
 async def notify_changed(conn: asyncpg.Connection, task_id: UUID) -> None:
     """Wake every scheduler (on commit): the task's schedule or state changed."""
     await conn.execute(sql("notify_task_changed"), str(task_id))
+
+
+@dataclass(frozen=True)
+class ProbeClaim:
+    """A condition task a prober holds: the task, when its probe was due, and the lease that fences it."""
+
+    task: TaskRecord
+    due_at: datetime
+    leased_until: datetime
+
+
+async def claim_due_conditions(
+    conn: asyncpg.Connection, *, limit: int, default_timeout: float, margin: float
+) -> list[ProbeClaim]:
+    """Take up to `limit` due condition tasks, each leased for its probe's timeout plus `margin`."""
+    rows = await conn.fetch(sql("claim_due_conditions"), limit, default_timeout, margin)
+    return [ProbeClaim(TaskRecord.from_row(r), r["due_at"], r["leased_until"]) for r in rows]
+
+
+async def record_probe(
+    conn: asyncpg.Connection,
+    task_id: UUID,
+    *,
+    leased_until: datetime,
+    state: dict[str, Any],
+    next_probe_at: datetime,
+    fired_at: datetime | None,
+) -> bool:
+    """Write a probe's outcome; False when the prober no longer held the task."""
+    value = await conn.fetchval(sql("record_probe"), task_id, leased_until, state, next_probe_at, fired_at)
+    return value is not None
+
+
+async def next_condition_due(conn: asyncpg.Connection) -> float | None:
+    """Seconds until the next condition probe is due (None: no active condition task)."""
+    value = await conn.fetchval(sql("next_condition_due"))
+    return None if value is None else float(value)

@@ -6,8 +6,9 @@ INSERT INTO tasks (
     title, description, schedule_kind, schedule_expr, timezone, payload, priority,
     dedupe_key, dedupe_window_seconds, max_retries, backoff_strategy, backoff_base_seconds,
     backoff_max_seconds, concurrency_key, misfire_policy, misfire_grace_seconds, overlap_policy,
-    pause_after_failures, status, next_fire_at, created_by, created_at, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $22)
+    pause_after_failures, "filter", probe, "when", status, next_fire_at, created_by, created_at, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22,
+        $23, $24, $25, $25)
 RETURNING *;
 
 -- name: get_task
@@ -35,8 +36,10 @@ SET title = $2, description = $3, schedule_kind = $4, schedule_expr = $5, timezo
     priority = $8, dedupe_key = $9, dedupe_window_seconds = $10, max_retries = $11,
     backoff_strategy = $12, backoff_base_seconds = $13, backoff_max_seconds = $14,
     concurrency_key = $15, misfire_policy = $16, misfire_grace_seconds = $17, overlap_policy = $18,
-    pause_after_failures = $19,
-    status = $20, next_fire_at = $21, schedule_anchor = $22, snoozed_until = $23, updated_at = now()
+    pause_after_failures = $19, "filter" = $20, probe = $21, "when" = $22,
+    status = $23, next_fire_at = $24, schedule_anchor = $25, snoozed_until = $26, updated_at = now(),
+    -- A new probe or `when` starts from "false": the next true is an edge.
+    probe_state = CASE WHEN probe IS DISTINCT FROM $21 OR "when" IS DISTINCT FROM $22 THEN NULL ELSE probe_state END
 WHERE id = $1
 RETURNING *;
 
@@ -125,3 +128,34 @@ SELECT (SELECT min(next_fire_at) FROM tasks
 -- name: notify_task_changed
 -- Delivered on commit: every scheduler re-reads when to wake.
 SELECT pg_notify(:TASKS_CHANNEL, $1);
+
+-- name: claim_due_conditions
+-- Probers take due condition tasks like schedulers take fires: SKIP LOCKED, so replicas never
+-- probe one task twice. The same statement moves next_fire_at past the probe's deadline (its
+-- timeout_seconds, else $2, plus a margin of $3 seconds): a lease, so no other replica probes the
+-- task while this one does (the row lock ends with this statement). That instant comes back as leased_until and fences the outcome's write;
+-- due_at is the instant the probe was due, from which the next one is counted.
+WITH due AS (
+    SELECT id, next_fire_at AS due_at FROM tasks
+    WHERE status = 'active' AND schedule_kind = 'condition' AND next_fire_at <= now()
+      AND (snoozed_until IS NULL OR snoozed_until <= now())
+    ORDER BY next_fire_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE tasks t
+SET next_fire_at = now() + make_interval(secs => coalesce((t.probe ->> 'timeout_seconds')::float8, $2::float8) + $3::float8)
+FROM due
+WHERE t.id = due.id
+RETURNING t.*, due.due_at, t.next_fire_at AS leased_until;
+
+-- name: record_probe
+-- A probe's outcome and the next probe instant, written only while the prober still holds the
+-- task (its lease instant is unchanged: a pause, an update or another prober did not intervene).
+UPDATE tasks SET probe_state = $3, next_fire_at = $4, last_fired_at = coalesce($5, last_fired_at)
+WHERE id = $1 AND next_fire_at = $2 AND status = 'active'
+RETURNING id;
+
+-- name: next_condition_due
+SELECT extract(epoch FROM min(next_fire_at) - now()) FROM tasks
+WHERE status = 'active' AND schedule_kind = 'condition' AND (snoozed_until IS NULL OR snoozed_until <= now());

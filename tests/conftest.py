@@ -27,6 +27,28 @@ __all__ = ["embedded_data_dir", "with_database"]
 embedded_data_dir = partial(data_folder, "pao-test-pg-")
 
 
+REDIS_FOR_TESTS = "TEST_REDIS_URL"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_redis_bridge_unless_asked() -> Iterator[None]:
+    """Engines and `pao` processes that tests start bridge to Redis only when a test asks for it.
+
+    With REDIS_URL in their environment (CI sets it) every one of them would relay its events to the
+    default streams of the machine's Redis and read its default inbox. The Redis tests find the URL
+    under TEST_REDIS_URL and give it, with streams of their own, to the engines they start.
+    """
+    url = os.environ.pop("REDIS_URL", None)
+    if url is not None:
+        os.environ[REDIS_FOR_TESTS] = url
+    try:
+        yield
+    finally:
+        os.environ.pop(REDIS_FOR_TESTS, None)
+        if url is not None:
+            os.environ["REDIS_URL"] = url
+
+
 @pytest.fixture(scope="session")
 def pg_dsn() -> Iterator[str]:
     """A DSN of a Postgres this session may create databases on: DATABASE_URL's server, else an embedded one."""

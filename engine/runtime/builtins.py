@@ -23,6 +23,20 @@ BUILTINS: dict[str, Builtin] = {
         "Do nothing and return the arguments it was given (useful to shape data between steps).",
         {"type": "object", "additionalProperties": True},
     ),
+    "publish_event": Builtin(
+        "Publish an event (topic, data, optional dedupe_key; default: one per run and step, so a retry "
+        "does not publish twice); returns {event_id, duplicate, runs}.",
+        {
+            "type": "object",
+            "properties": {
+                "topic": {"type": "string", "minLength": 1, "maxLength": 256},
+                "data": {"type": "object"},
+                "dedupe_key": {"type": "string", "minLength": 1, "maxLength": 500},
+            },
+            "required": ["topic"],
+            "additionalProperties": False,
+        },
+    ),
     "sleep": Builtin(
         "Wait `seconds` (0..3600) and return {'slept': seconds}.",
         {

@@ -124,6 +124,7 @@ async def enqueue(
     created_by: UUID | None,
     default_concurrency_key: str | None = None,
     keys: Keys | None = None,
+    event_id: int | None = None,
 ) -> RunRecord:
     """Insert a queued run for `task`, applying its dedupe rule; the caller owns the transaction.
 
@@ -162,5 +163,6 @@ async def enqueue(
             available_at=scheduled_for,
             reason=reason,
             created_by=created_by,
+            event_id=event_id,
         ),
     )

@@ -38,10 +38,11 @@ from pao_orchestrator.engine.runtime.backoff import backoff_delay
 from pao_orchestrator.engine.runtime.builtins import BUILTINS, call_builtin
 from pao_orchestrator.engine.runtime.completions import Completions
 from pao_orchestrator.engine.runtime.enqueuing import trigger_view
+from pao_orchestrator.engine.runtime.events import EventLimits, NewEvent, check_event, publish
 from pao_orchestrator.engine.runtime.failures import pause_if_failing
 from pao_orchestrator.engine.runtime.pipeline import Payload, PipelineStep
 from pao_orchestrator.engine.runtime.renderer import Renderer
-from pao_orchestrator.errors import StepError
+from pao_orchestrator.errors import InvalidArgument, StepError
 from pao_orchestrator.metrics import Metrics
 from pao_orchestrator.store import DATABASE_ERRORS, ClaimedRun, Completion, StepRecord
 from pao_orchestrator.store import runs as run_store
@@ -165,9 +166,11 @@ class Executor:
         renderer: Renderer | None = None,
         max_value_bytes: int = templating.MAX_OUTPUT,
         metrics: Metrics | None = None,
+        event_limits: EventLimits | None = None,
     ) -> None:
         self._db = db
         self._metrics = metrics or Metrics()
+        self._event_limits = event_limits or EventLimits()
         self._tools = tools
         self._worker = worker
         self.renderer = renderer or Renderer(limit=max_value_bytes)
@@ -320,15 +323,15 @@ class Executor:
                 # A built-in's output is made of its arguments, which were checked (at save, or above).
                 builtin = BUILTINS.get(step.tool)
                 if builtin is not None and not builtin.waits:
-                    output = await self._call(step, arguments)
+                    output = await self._call(step, arguments, run)
                 else:
-                    output = await self._interruptible(handle, step, self._call(step, arguments))
+                    output = await self._interruptible(handle, step, self._call(step, arguments, run))
             else:
                 # A call still going after RUNNING_MARK_DELAY shows as running in get_run. A quick one
                 # never gets that row: its outcome is its only write (or rides on the run's end).
                 mark = _RunningMark(lambda: self._start_step(run, index, step, arguments, secrets))
                 try:
-                    output = await self._interruptible(handle, step, self._call(step, arguments))
+                    output = await self._interruptible(handle, step, self._call(step, arguments, run))
                 finally:
                     row_id = await mark.settle()
                 problem = storable.problem(output, self._max_value)
@@ -395,7 +398,7 @@ class Executor:
             raise _Interrupted
         raise StepError(f"{step.uses} did not finish within its timeout_seconds ({timeout:g}s)", retryable=True)
 
-    async def _call(self, step: PipelineStep, arguments: Any) -> Any:
+    async def _call(self, step: PipelineStep, arguments: Any, run: ClaimedRun) -> Any:
         if not isinstance(arguments, dict):
             raise StepError(
                 f"{step.uses}: 'with' must render to an object, got {type(arguments).__name__}",
@@ -412,6 +415,8 @@ class Executor:
             if templating.is_templated(step.with_):
                 # Literal arguments of a built-in were checked when the task was saved.
                 validate_arguments(step.uses, builtin.input_schema, arguments)
+            if step.tool == "publish_event":
+                return await self._publish(run, step, arguments)
             return await call_builtin(step.tool, arguments)
         validate_arguments(step.uses, await self._tools.tool_schema(step.server, step.tool), arguments)
         result = await self._tools.call_tool(step.server, step.tool, arguments, timeout=step.timeout_seconds)
@@ -419,6 +424,26 @@ class Executor:
             # The tool ran and said no. It may be transient (an API behind it is down), so retryable.
             raise StepError(f"{step.uses} returned an error: {result.text}", retryable=True)
         return result.value
+
+    async def _publish(self, run: ClaimedRun, step: PipelineStep, arguments: dict[str, Any]) -> Any:
+        """pao.publish_event: one link further down the chain than the event that started this run."""
+        started_by = run.trigger_data.get("event")
+        depth = (started_by.get("depth", 0) if isinstance(started_by, dict) else 0) + 1
+        topic, data = arguments["topic"], arguments.get("data", {})
+        # At least once per step: a retry of this step publishes with the same key and finds the first.
+        dedupe_key = arguments.get("dedupe_key") or f"run:{run.id}:{step.id}"
+        source = f"run:{run.id}"
+        try:
+            check_event(topic, data, source, dedupe_key, limits=self._event_limits)
+        except InvalidArgument as exc:
+            raise StepError(f"{step.uses}: {exc}", retryable=False) from None
+        async with self._db.acquire() as conn, conn.transaction():
+            done = await publish(
+                conn,
+                NewEvent(topic=topic, data=data, source=source, dedupe_key=dedupe_key, depth=depth),
+                limits=self._event_limits,
+            )
+        return {"event_id": done.event.id, "duplicate": done.duplicate, "runs": len(done.runs)}
 
     async def _start_step(
         self, run: ClaimedRun, index: int, step: PipelineStep, arguments: Any, secrets: templating.Secrets

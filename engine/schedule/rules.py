@@ -73,21 +73,29 @@ def parse_once(expr: str, tz: ZoneInfo) -> OnceRule:
     return OnceRule(instant)
 
 
-_EVENT_PATTERN = re.compile(r"[A-Za-z0-9_.:*>-]+", re.ASCII)
+_EVENT_SEGMENT = re.compile(r"[A-Za-z0-9_:-]+", re.ASCII)
 
 
 def parse_event(expr: str) -> NeverRule:
+    """A topic pattern: an exact topic ('email.received'), a trailing wildcard ('home.*': every topic
+    under 'home.'), or '*' (every topic)."""
     text = expr.strip()
-    hint = "e.g. 'orders.created' or 'orders.*'; allowed characters: letters, digits and _ . : * > -"
+    hint = "e.g. 'orders.created', 'orders.*' or '*'; segments of letters, digits, _ : - separated by dots"
     if not text:
         raise invalid(f"event topic pattern is empty; {hint}")
     if len(text) > MAX_EVENT_PATTERN_LEN:
         raise invalid(f"event topic pattern {quote(text, 60)} is longer than {MAX_EVENT_PATTERN_LEN} characters")
-    if not _EVENT_PATTERN.fullmatch(text):
-        bad = sorted({c for c in text if not _EVENT_PATTERN.fullmatch(c)})
-        raise invalid(f"event topic pattern {quote(text)} contains {''.join(bad)!r}; {hint}")
-    if "" in text.split("."):
+    segments = text.split(".")
+    if "" in segments:
         raise invalid(f"event topic pattern {quote(text)} has an empty segment between dots; {hint}")
+    for index, segment in enumerate(segments):
+        if segment == "*" and index == len(segments) - 1:
+            continue
+        if "*" in segment:
+            raise invalid(f"event topic pattern {quote(text)}: '*' may only be the whole last segment; {hint}")
+        if not _EVENT_SEGMENT.fullmatch(segment):
+            bad = sorted({c for c in segment if not _EVENT_SEGMENT.fullmatch(c)})
+            raise invalid(f"event topic pattern {quote(text)} contains {''.join(bad)!r}; {hint}")
     return NeverRule()
 
 

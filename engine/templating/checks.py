@@ -19,7 +19,7 @@ from pao_orchestrator.engine.templating.errors import TemplateError, join_path, 
 from pao_orchestrator.engine.templating.sandbox import SIMPLE_FILTERS, Path, parse_template, syntax_message, unescape
 from pao_orchestrator.errors import InvalidArgument
 
-ALLOWED_ROOTS: Final = frozenset({"steps", "trigger", "task", "run", "secrets", "now", "event"})
+ALLOWED_ROOTS: Final = frozenset({"steps", "trigger", "task", "run", "secrets", "now", "event", "condition"})
 """Top-level names a pipeline template may read (plus earlier steps' save_as names)."""
 
 

@@ -269,6 +269,8 @@ def _explain_missing(exc: MissingValue, compiled: Compiled | None, context: Mapp
     message = f"{subject} is {kind_of(obj)}, not an object; it has no field {name!r}"
     if path == ("event",) and obj is None:
         message += " (this run was not started by an event)"
+    if path == ("condition",) and obj is None:
+        message += " (this run was not started by a condition)"
     return message
 
 
@@ -288,7 +290,8 @@ def build_context(
     """The names templates can read.
 
     steps (id -> output of each earlier step), every save_as name at top level,
-    trigger (kind, scheduled_for, event, ...), event (= trigger.event, or null),
+    trigger (kind, scheduled_for, event, ...), event (= trigger.event, or null), condition
+    (= trigger.condition: `result`, the probe's output, on a condition task's run, else null),
     task, run (id, attempt), secrets, and now (ISO 8601 in UTC, seconds).
     Datetimes and UUIDs inside trigger/task/run become strings.
     """
@@ -304,6 +307,7 @@ def build_context(
         steps=dict(steps),
         trigger=plain_trigger,
         event=plain_trigger.get("event"),
+        condition=plain_trigger.get("condition"),
         task=_plain(task),
         run=_plain(run),
         secrets=secrets,

@@ -46,6 +46,7 @@ def test_the_inspector_cli_lists_tools_and_templates_and_creates_a_task(
         "pao://tasks/{task_id}",
         "pao://runs/{run_id}",
         "pao://runs/{run_id}/steps/{step_id}",
+        "pao://events/{event_id}",
     }
 
     pipeline = json.dumps({"pipeline": [{"id": "a", "uses": "pao.noop", "with": {"k": 1}}]})

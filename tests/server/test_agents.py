@@ -248,3 +248,41 @@ async def test_another_agents_resources_and_subscriptions_are_not_found(
                 else:
                     async with client.listen(resource_subscriptions=[own]):
                         pass
+
+
+async def test_another_agents_events_are_not_found_and_not_listed(
+    database_url: str, mcp_config: Path, tmp_path: Path
+) -> None:
+    """Events are read back by the agent that published them (and admins): another agent's event answers as a
+    missing one, lists leave it out, and of an event's runs an agent sees only those of its own tasks."""
+    from mcp.shared.exceptions import MCPError
+
+    everything = ["tasks:read", "tasks:write", "runs:read", "runs:write", "events:publish"]
+    async with engine_on(database_url, mcp_config, tmp_path) as engine:
+        alice, _ = await agent(engine, "alice", everything)
+        bob, _ = await agent(engine, "bob", everything)
+        on_ping = {**task_args(NOOP), "schedule_kind": "event", "schedule_expr": "team.ping"}
+        await engine.create_task(alice, on_ping)
+        await engine.create_task(bob, on_ping)
+        async with Client(create_server(engine, caller=alice)) as a, Client(create_server(engine, caller=bob)) as b:
+            published = content(await a.call_tool("publish_event", {"topic": "team.ping", "data": {"n": 1}}))
+            assert len(published["runs"]) == 2  # matching is not scoped: both agents' tasks fire
+            event_id = published["event_id"]
+            missing = 10**12
+            theirs = await b.call_tool("get_event", {"event_id": event_id})
+            absent = await b.call_tool("get_event", {"event_id": missing})
+            assert theirs.is_error and absent.is_error
+            assert theirs.content[0].text.replace(str(event_id), "ID") == absent.content[0].text.replace(  # type: ignore[union-attr]
+                str(missing), "ID"
+            )
+            with pytest.raises(MCPError, match="does not exist"):
+                await b.read_resource(f"pao://events/{event_id}")
+            assert content(await b.call_tool("list_events", {}))["events"] == []
+            own = content(await a.call_tool("get_event", {"event_id": event_id}))
+            alices_tasks = {t["id"] for t in content(await a.call_tool("list_tasks", {}))["tasks"]}
+            assert len(own["runs"]) == 1 and own["runs"][0]["task_id"] in alices_tasks
+            assert [e["id"] for e in content(await a.call_tool("list_events", {"topic": "team.*"}))["events"]] == [
+                event_id
+            ]
+        async with Client(create_server(engine)) as admin:
+            assert len(content(await admin.call_tool("get_event", {"event_id": event_id}))["runs"]) == 2

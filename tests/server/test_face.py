@@ -101,7 +101,12 @@ async def test_resources_read_as_the_tools_and_list_pages_tasks_newest_first(
         Client(create_server(engine)) as client,
     ):
         templates = {t.uri_template for t in (await client.list_resource_templates()).resource_templates}
-        assert templates == {"pao://tasks/{task_id}", "pao://runs/{run_id}", "pao://runs/{run_id}/steps/{step_id}"}
+        assert templates == {
+            "pao://tasks/{task_id}",
+            "pao://runs/{run_id}",
+            "pao://runs/{run_id}/steps/{step_id}",
+            "pao://events/{event_id}",
+        }
         ids = [str(await create(engine, [{"id": "a", "uses": "pao.noop", "with": {}}])) for _ in range(52)]
         first = await client.list_resources()
         uris = [str(r.uri) for r in first.resources]

@@ -770,7 +770,7 @@ def test_format_local() -> None:
 # ---------------------------------------------------------------- event and condition
 
 
-@pytest.mark.parametrize("expr", ["orders.created", "orders.*", "orders.>", "svc:build-done", "a_b.C-9"])
+@pytest.mark.parametrize("expr", ["orders.created", "orders.*", "*", "svc:build-done", "a_b.C-9"])
 def test_event_patterns(expr: str) -> None:
     schedule = validate_schedule("event", expr, "UTC", now=NOW, anchor=NOW)
     assert schedule.kind == "event" and schedule.kind not in TIME_KINDS
@@ -787,6 +787,10 @@ def test_event_patterns(expr: str) -> None:
         ("a..b", "empty segment"),
         (".a", "empty segment"),
         ("x" * 300, "longer than 256"),
+        ("orders.>", "contains '>'"),
+        ("a.*.b", "whole last segment"),
+        ("or*ders", "whole last segment"),
+        ("orders*", "whole last segment"),
     ],
 )
 def test_invalid_event_patterns(expr: str, needle: str) -> None:

@@ -202,7 +202,10 @@ def test_the_failing_lookup_is_reported_not_a_defaulted_one() -> None:
 
 def test_unknown_name_lists_available_names() -> None:
     message = render_error("${wether.summary}", make_context(saved={"weather": WEATHER}))
-    assert "unknown name 'wether'; available: event, now, run, secrets, steps, task, trigger, weather" in message
+    assert (
+        "unknown name 'wether'; available: condition, event, now, run, secrets, steps, task, trigger, weather"
+        in message
+    )
 
 
 def test_render_prefixes_field_path() -> None:
@@ -405,7 +408,8 @@ def test_self_reference_rejected() -> None:
 def test_unknown_root_rejected() -> None:
     err = check_error(pipeline({"with": {"a": "${env.DATABASE_URL}"}}))
     assert err.message == (
-        "'${env.DATABASE_URL}': unknown name 'env'; available: event, now, run, secrets, steps, task, trigger"
+        "'${env.DATABASE_URL}': unknown name 'env'; "
+        "available: condition, event, now, run, secrets, steps, task, trigger"
     )
     for template in ["${self}", "${range(3)}", "${lipsum()}", "${secrets}", "${% include 'x' %}"]:
         check_error(pipeline({"with": {"a": template}}))
