@@ -146,7 +146,7 @@ async def http_latency(ctx: Context) -> list[Row]:
     calls = 100 if ctx.quick else 500
     timings = await http.measure(ctx.admin_dsn, calls)
     ours, peer = timings["pao"], timings["peer"]
-    how = f"{calls:,} calls each over streamable HTTP, interleaved; pao get_task vs SDK echo"
+    how = f"{calls:,} calls each over streamable HTTP, interleaved; pao get_task (bearer token) vs SDK echo"
     return [
         Row(
             "tool call p50, ms",

@@ -22,7 +22,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+import httpx2
 from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 
 from pao_orchestrator.store import postgres_server, scratch_database
 
@@ -76,14 +78,28 @@ async def measure(admin_dsn: str, calls: int) -> dict[str, list[float]]:
             "PAO_MCP_CONFIG": str(data / "none.json"),
             "PAO_LOG_LEVEL": "WARNING",
         }
-        command = [sys.executable, "-m", "pao_orchestrator.server.cli", "serve", "--transport", "http"]
+        cli = [sys.executable, "-m", "pao_orchestrator.server.cli"]
+        # pao over HTTP takes a bearer token, as users run it (the peer has no auth; bench/auth.py measures
+        # what the token costs on its own).
+        made = subprocess.run(
+            [*cli, "agents", "create", "--name", "bench", "--scopes", "tasks:read,tasks:write"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        token = made.stdout.strip().splitlines()[-1].rsplit(" ", 1)[-1]
+        command = [*cli, "serve", "--transport", "http"]
         pao = subprocess.Popen([*command, "--port", str(pao_port)], env=env, cwd=ROOT)
         # The peer narrates every session at INFO on stderr: not part of the table.
         peer = subprocess.Popen([sys.executable, "-c", PEER, str(peer_port)], cwd=ROOT, stderr=subprocess.DEVNULL)
         try:
             await asyncio.to_thread(wait_up, f"http://127.0.0.1:{pao_port}/health", pao)
             await asyncio.to_thread(wait_up, f"http://127.0.0.1:{peer_port}/mcp", peer)
-            return await _interleave(f"http://127.0.0.1:{pao_port}/mcp", f"http://127.0.0.1:{peer_port}/mcp", calls)
+            return await _interleave(
+                f"http://127.0.0.1:{pao_port}/mcp", f"http://127.0.0.1:{peer_port}/mcp", calls, token
+            )
         finally:
             for proc in (pao, peer):
                 proc.terminate()
@@ -91,9 +107,13 @@ async def measure(admin_dsn: str, calls: int) -> dict[str, list[float]]:
                 proc.wait(timeout=30)
 
 
-async def _interleave(pao_url: str, peer_url: str, calls: int) -> dict[str, list[float]]:
+async def _interleave(pao_url: str, peer_url: str, calls: int, token: str) -> dict[str, list[float]]:
     timings: dict[str, list[float]] = {"pao": [], "peer": []}
-    async with Client(pao_url) as pao, Client(peer_url) as peer:
+    async with (
+        httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=httpx2.Timeout(30, read=300)) as http,
+        Client(streamable_http_client(pao_url, http_client=http)) as pao,
+        Client(peer_url) as peer,
+    ):
         created = await pao.call_tool(
             "create_task",
             {

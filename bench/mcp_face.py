@@ -59,6 +59,11 @@ asyncio.run(main())
 def serving(python: str, tree: Path, env: dict[str, str], port: int) -> Iterator[None]:
     """`pao serve --transport http` of the tree at `tree`, until the block ends."""
     command = [python, "-m", "pao_orchestrator.server.cli", "serve", "--transport", "http", "--port", str(port)]
+    usage = subprocess.run([*command[:4], "--help"], env=env, cwd=str(tree), capture_output=True, text=True).stdout
+    if "--no-auth" in usage:
+        # Trees with bearer auth serve loopback without it here, like trees before auth existed: this compares
+        # the face (bench/auth.py measures the token's cost).
+        command.append("--no-auth")
     server = subprocess.Popen(command, env=env, cwd=str(tree), stdout=subprocess.DEVNULL)
     try:
         for _ in range(300):
