@@ -64,6 +64,7 @@ class Prober:
         self._db = db
         self._tools = tools
         self._secrets = dict(secrets)
+        templating.check_secrets(self._secrets)  # once here, not per probe
         self._batch = batch
         self._poll = poll_interval
         self._stopping = asyncio.Event()
@@ -115,7 +116,7 @@ class Prober:
     async def _probe(self, claim: ProbeClaim) -> None:
         task = claim.task
         previous = task.probe_state or {}
-        secrets = templating.Secrets(self._secrets)
+        secrets = templating.Secrets(self._secrets, checked=True)
         now = _now()
         state: dict[str, Any] = {"at": now.isoformat(), "value": None, "error": None}
         result: Any = None

@@ -180,6 +180,7 @@ class Executor:
         # Only the PAO_SECRET_* variables (Settings.secret_environ): filtering a whole environment per
         # run is measurable at 1k runs/s.
         self._secrets = dict(secrets)
+        templating.check_secrets(self._secrets)  # once here, not per run (Secrets(checked=True) below)
 
     def _payload(self, run: ClaimedRun) -> Payload:
         """The task's parsed payload, parsed once per version of the task (a task's runs share it)."""
@@ -209,7 +210,7 @@ class Executor:
             # A retry, or a run taken over from a worker that died: resume after what succeeded.
             async with self._db.acquire() as conn:
                 done = await step_store.previous_outputs(conn, run.id)
-        secrets = templating.Secrets(self._secrets)
+        secrets = templating.Secrets(self._secrets, checked=True)
         outputs_by_step: dict[str, Any] = {}
         saved: dict[str, Any] = {}
         last_record: StepRecord | None = None
@@ -478,7 +479,8 @@ class Executor:
     ) -> StepRecord:
         used = secrets.used_values()
         duration = time.perf_counter() - t0
-        self._metrics.step_duration.labels(step.uses, status.value).observe(duration)
+        if step.server != BUILTIN_SERVER:  # step duration per downstream tool; built-ins cost nothing to watch
+            self._metrics.step_finished(step.uses, status.value, duration)
         if status != StepStatus.SUCCEEDED and storable.problem(arguments, self._max_value) is not None:
             # What failed is what cannot be stored (a NUL in the rendered arguments, say): the
             # record leaves it out, its error says what was wrong.
@@ -607,7 +609,7 @@ class Executor:
         )
         if not await self._completions.submit(completion):
             raise LeaseLost
-        self._metrics.runs.labels(status.value, run.trigger.value).inc()
+        self._metrics.run_finished(status.value, run.trigger.value)
         if status == RunStatus.SUCCEEDED:
             log.debug("run succeeded")
         else:

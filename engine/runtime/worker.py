@@ -123,7 +123,7 @@ class Worker:
         for row in rows:
             if row.attempt == 1:
                 lateness = (claimed_at - row.scheduled_for).total_seconds()
-                self._metrics.fire_lateness.labels(row.trigger.value).observe(max(lateness, 0.0))
+                self._metrics.fired(row.trigger.value, max(lateness, 0.0))
             handle = RunHandle(row, lease_seconds=self._lease, held_until=asked + self._lease)
             if row.cancel_requested:
                 handle.cancel.set()

@@ -46,8 +46,11 @@ class Secrets:
 
     __slots__ = ("_used", "_values")
 
-    def __init__(self, environ: Mapping[str, str]) -> None:
-        check_secrets(environ)
+    def __init__(self, environ: Mapping[str, str], *, checked: bool = False) -> None:
+        # `checked`: the caller's environment already passed check_secrets (open_engine checks it once at
+        # start-up; the executor and the prober then make one of these per run without re-checking).
+        if not checked:
+            check_secrets(environ)
         self._values: dict[str, str] = {
             key[len(SECRET_PREFIX) :]: value
             for key, value in environ.items()
