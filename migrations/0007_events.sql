@@ -88,13 +88,29 @@ CREATE FUNCTION pao_publish_run_ends(ended uuid[]) RETURNS void LANGUAGE sql AS 
     ORDER BY n.id
 $$;
 
+-- Whether anything can consume a run.* event: an active event task on run.<status> or run.*, or a
+-- Redis relay seen within a day (the outbox's own rule). When nothing can, run ends store no event:
+-- writing one per run end, with its trigger and notice, cost a no-op drain about a third of its
+-- throughput for events nobody would read.
+CREATE FUNCTION pao_run_ends_heard() RETURNS boolean LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (
+               SELECT 1 FROM tasks
+               WHERE status = 'active' AND schedule_kind = 'event'
+                 AND schedule_expr IN ('run.succeeded', 'run.failed', 'run.cancelled', 'run.*'))
+        OR EXISTS (SELECT 1 FROM event_relays WHERE seen_at > now() - interval '1 day')
+$$;
+
 -- Every UPDATE of runs (claims and heartbeats too) comes here; most end no run and write nothing.
 CREATE FUNCTION pao_run_ended() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    ended uuid[] := ARRAY(
+    ended uuid[];
+BEGIN
+    IF NOT pao_run_ends_heard() THEN
+        RETURN NULL;
+    END IF;
+    ended := ARRAY(
         SELECT n.id FROM ended_new n JOIN ended_old o ON o.id = n.id
         WHERE o.status IN ('queued', 'running') AND n.status IN ('succeeded', 'failed', 'cancelled'));
-BEGIN
     IF cardinality(ended) > 0 THEN
         PERFORM pao_publish_run_ends(ended);
     END IF;
@@ -111,7 +127,7 @@ DECLARE
         SELECT n.id FROM created n
         WHERE n.status = 'failed' AND NOT coalesce((n.trigger_data ->> 'chain_stopped')::boolean, false));
 BEGIN
-    IF cardinality(failed) > 0 THEN
+    IF cardinality(failed) > 0 AND pao_run_ends_heard() THEN
         PERFORM pao_publish_run_ends(failed);
     END IF;
     RETURN NULL;

@@ -94,6 +94,7 @@ async def test_filters_choose_and_a_broken_filter_fails_only_its_own_run(
     database_url: str, mcp_config: Path, tmp_path: Path
 ) -> None:
     async with engine_on(database_url, mcp_config, tmp_path) as engine:
+        await event_task(engine, "run.failed")  # run.* events are stored while something can consume them
         boss = await event_task(engine, "email.received", filter='${event.data.sender == "boss@example.com"}')
         broken = await event_task(engine, "email.received", filter="${event.data.headers.missing == 1}")
         plain = await event_task(engine, "email.*")
@@ -313,6 +314,7 @@ async def test_every_path_that_ends_a_run_publishes_its_event(
 
     async with engine_on(database_url, mcp_config, tmp_path, run_worker=False) as engine:
         task = await create(engine, [{"id": "a", "uses": "pao.noop", "with": {}}], max_retries=0)
+        await event_task(engine, "run.*")  # run.* events are stored while something can consume them
         cancelled = await engine.run_now(engine.owner, task)
         await engine.cancel_run(engine.owner, cancelled.id)
         expired = await engine.run_now(engine.owner, task)
@@ -346,3 +348,31 @@ async def test_a_snoozed_or_paused_event_task_lets_events_pass(
         await engine.resume_task(engine.owner, paused)
         again = await publish(engine, "bell.rang")
         assert {r.task_id for r in again.runs} == {snoozed, paused, awake}
+
+
+async def test_run_end_events_are_stored_only_while_something_can_consume_them(
+    database_url: str, mcp_config: Path, tmp_path: Path, db: asyncpg.Pool
+) -> None:
+    """No task listens for run.* and no Redis relay ran: a run's end stores no event. A relay seen within a
+    day, or a listening task, makes the next ones stored."""
+    from tests.engine.support import create, wait_run
+
+    async with engine_on(database_url, mcp_config, tmp_path) as engine:
+        task = await create(engine, [{"id": "a", "uses": "pao.noop", "with": {}}])
+        await wait_run(engine, (await engine.run_now(engine.owner, task)).id)
+        async with db.acquire() as conn:
+            assert await conn.fetchval("SELECT count(*) FROM events") == 0
+            await conn.execute("INSERT INTO event_relays (stream) VALUES ('pao:events')")
+        relayed = await wait_run(engine, (await engine.run_now(engine.owner, task)).id)
+        async with db.acquire() as conn:
+            await conn.execute("DELETE FROM event_relays")
+            rows = await conn.fetch("SELECT topic, data, matched_at FROM events ORDER BY id")
+        # Stored for the relay, and already matched: no task listens.
+        assert [(r["topic"], r["data"]["run_id"], r["matched_at"] is not None) for r in rows] == [
+            ("run.succeeded", str(relayed.id), True)
+        ]
+        await event_task(engine, "run.succeeded")
+        heard = await wait_run(engine, (await engine.run_now(engine.owner, task)).id)
+        async with db.acquire() as conn:
+            topics = await conn.fetch("SELECT data->>'run_id' AS run_id FROM events WHERE topic = 'run.succeeded'")
+        assert str(heard.id) in {r["run_id"] for r in topics}
