@@ -7,6 +7,8 @@ is looked up and its hash compared, the scope checked, the caller resolved) and 
 called on both alternately, call by call, so machine noise hits both alike.
 
     DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres .venv/bin/python bench/auth.py --calls 2000
+
+Without DATABASE_URL an embedded Postgres is started for it (the store's shared scratch helpers).
 """
 
 from __future__ import annotations
@@ -21,14 +23,13 @@ import sys
 import tempfile
 import time
 import urllib.request
-import uuid
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import httpx2
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+
+from pao_orchestrator.store import postgres_server, scratch_database
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,57 +64,57 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=2000)
     args = parser.parse_args()
-    base_url = os.environ["DATABASE_URL"]
-    name = f"pao_bench_auth_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(base_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    parts = urlsplit(base_url)
-    url = urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
     procs: list[subprocess.Popen[bytes]] = []
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / "mcp.json").write_text('{"mcpServers": {}}')
-            env = {
-                **os.environ,
-                "DATABASE_URL": url,
-                "PAO_DATA_DIR": tmp,
-                "PAO_MCP_CONFIG": str(Path(tmp) / "mcp.json"),
-                "PAO_LOG_LEVEL": "WARNING",
-                "PYTHONPATH": str(ROOT),
-            }
-            made = pao(["agents", "create", "--name", "bench", "--scopes", "tasks:read"], env, stdout=subprocess.PIPE)
-            out, _ = made.communicate(timeout=120)
-            token = out.decode().splitlines()[-1].rsplit(" ", 1)[-1]
-            ports = {"with token": free_port(), "without auth": free_port()}
-            for label, port in ports.items():
-                extra = [] if label == "with token" else ["--no-auth"]
-                procs.append(pao(["serve", "--transport", "http", "--port", str(port), *extra], env))
-            for port in ports.values():
-                wait_healthy(f"http://127.0.0.1:{port}")
-            times: dict[str, list[float]] = {label: [] for label in ports}
-            async with (
-                httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60) as authed,
-                httpx2.AsyncClient(timeout=60) as plain,
-                Client(streamable_http_client(f"http://127.0.0.1:{ports['with token']}/mcp", http_client=authed)) as a,
-                Client(streamable_http_client(f"http://127.0.0.1:{ports['without auth']}/mcp", http_client=plain)) as b,
-            ):
-                clients = {"with token": a, "without auth": b}
-                for _ in range(50):  # warm both
-                    for client in clients.values():
-                        await client.call_tool("list_tasks", {"limit": 1})
-                for i in range(args.calls):
-                    order = list(clients.items()) if i % 2 == 0 else list(reversed(clients.items()))
-                    for label, client in order:
-                        t0 = time.perf_counter()
-                        result = await client.call_tool("list_tasks", {"limit": 1})
-                        times[label].append((time.perf_counter() - t0) * 1000)
-                        assert not result.is_error, result
-    finally:
-        for proc in procs:
-            proc.terminate()
-            proc.wait(timeout=30)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    with postgres_server(os.environ.get("DATABASE_URL"), prefix="pao-bench-pg-") as admin_dsn:
+        async with scratch_database(admin_dsn, prefix="pao_bench_auth") as url:
+            try:
+                with tempfile.TemporaryDirectory() as tmp:
+                    (Path(tmp) / "mcp.json").write_text('{"mcpServers": {}}')
+                    env = {
+                        **os.environ,
+                        "DATABASE_URL": url,
+                        "PAO_DATA_DIR": tmp,
+                        "PAO_MCP_CONFIG": str(Path(tmp) / "mcp.json"),
+                        "PAO_LOG_LEVEL": "WARNING",
+                        "PYTHONPATH": str(ROOT),
+                    }
+                    made = pao(
+                        ["agents", "create", "--name", "bench", "--scopes", "tasks:read"], env, stdout=subprocess.PIPE
+                    )
+                    out, _ = made.communicate(timeout=120)
+                    token = out.decode().splitlines()[-1].rsplit(" ", 1)[-1]
+                    ports = {"with token": free_port(), "without auth": free_port()}
+                    for label, port in ports.items():
+                        extra = [] if label == "with token" else ["--no-auth"]
+                        procs.append(pao(["serve", "--transport", "http", "--port", str(port), *extra], env))
+                    for port in ports.values():
+                        wait_healthy(f"http://127.0.0.1:{port}")
+                    times: dict[str, list[float]] = {label: [] for label in ports}
+                    async with (
+                        httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60) as authed,
+                        httpx2.AsyncClient(timeout=60) as plain,
+                        Client(
+                            streamable_http_client(f"http://127.0.0.1:{ports['with token']}/mcp", http_client=authed)
+                        ) as a,
+                        Client(
+                            streamable_http_client(f"http://127.0.0.1:{ports['without auth']}/mcp", http_client=plain)
+                        ) as b,
+                    ):
+                        clients = {"with token": a, "without auth": b}
+                        for _ in range(50):  # warm both
+                            for client in clients.values():
+                                await client.call_tool("list_tasks", {"limit": 1})
+                        for i in range(args.calls):
+                            order = list(clients.items()) if i % 2 == 0 else list(reversed(clients.items()))
+                            for label, client in order:
+                                t0 = time.perf_counter()
+                                result = await client.call_tool("list_tasks", {"limit": 1})
+                                times[label].append((time.perf_counter() - t0) * 1000)
+                                assert not result.is_error, result
+            finally:
+                for proc in procs:
+                    proc.terminate()
+                    proc.wait(timeout=30)
     print(f"{args.calls} calls of list_tasks (limit 1) per side over streamable HTTP, interleaved")
     print(f"{'path':14} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'mean ms':>8}")
     for label, values in times.items():

@@ -8,6 +8,8 @@ second, never the blank line; the table shows how many are still open as time pa
 whether a normal `GET /health` is answered meanwhile.
 
     DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres .venv/bin/python bench/slowloris.py
+
+Without DATABASE_URL an embedded Postgres is started for it (the store's shared scratch helpers).
 """
 
 from __future__ import annotations
@@ -21,11 +23,9 @@ import sys
 import tempfile
 import time
 import urllib.request
-import uuid
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
+from pao_orchestrator.store import postgres_server, scratch_database
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,63 +72,57 @@ async def main() -> None:
     parser.add_argument("--timeout", type=float, default=2.0)
     parser.add_argument("--seconds", type=float, default=15.0)
     args = parser.parse_args()
-    base_url = os.environ["DATABASE_URL"]
-    name = f"pao_bench_slow_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(base_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    parts = urlsplit(base_url)
-    url = urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
     procs: list[subprocess.Popen[bytes]] = []
     results: dict[str, tuple[list[float], list[tuple[float, int, bool]]]] = {}
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / "mcp.json").write_text('{"mcpServers": {}}')
-            env = {
-                **os.environ,
-                "DATABASE_URL": url,
-                "PAO_DATA_DIR": tmp,
-                "PAO_MCP_CONFIG": str(Path(tmp) / "mcp.json"),
-                "PAO_LOG_LEVEL": "ERROR",
-                "PYTHONPATH": str(ROOT),
-            }
-            migrate = [sys.executable, "-m", "pao_orchestrator.server.cli", "migrate"]
-            subprocess.run(migrate, env=env, check=True, capture_output=True, timeout=120)
-            sides = {f"pao, header timeout {args.timeout:g}s": args.timeout, "no header timeout (300s)": 300.0}
-            ports = {}
-            for label, timeout in sides.items():
-                port = ports[label] = free_port()
-                cmd = [sys.executable, "-m", "pao_orchestrator.server.cli", "serve", "--transport", "http"]
-                procs.append(
-                    subprocess.Popen(
-                        [*cmd, "--port", str(port)],
-                        env={**env, "PAO_HEADER_TIMEOUT_SECONDS": str(timeout)},
-                    )
-                )
-            for port in ports.values():
-                deadline = time.monotonic() + 60
-                while not await asyncio.to_thread(healthy, port) and time.monotonic() < deadline:
-                    await asyncio.sleep(0.1)
-            for label, port in ports.items():
-                opened: list[int] = []
-                closed: list[float] = []
-                started = time.monotonic()
-                drips = [
-                    asyncio.create_task(drip(port, opened, closed, started, args.seconds))
-                    for _ in range(args.connections)
-                ]
-                samples: list[tuple[float, int, bool]] = []
-                for at in (1.0, args.timeout + 1.5, args.seconds - 1):
-                    await asyncio.sleep(max(0.0, at - (time.monotonic() - started)))
-                    ok = await asyncio.to_thread(healthy, port)
-                    samples.append((at, len(opened) - len(closed), ok))
-                await asyncio.gather(*drips)
-                results[label] = (closed, samples)
-    finally:
-        for proc in procs:
-            proc.terminate()
-            proc.wait(timeout=30)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    with postgres_server(os.environ.get("DATABASE_URL"), prefix="pao-bench-pg-") as admin_dsn:
+        async with scratch_database(admin_dsn, prefix="pao_bench_slow") as url:
+            try:
+                with tempfile.TemporaryDirectory() as tmp:
+                    (Path(tmp) / "mcp.json").write_text('{"mcpServers": {}}')
+                    env = {
+                        **os.environ,
+                        "DATABASE_URL": url,
+                        "PAO_DATA_DIR": tmp,
+                        "PAO_MCP_CONFIG": str(Path(tmp) / "mcp.json"),
+                        "PAO_LOG_LEVEL": "ERROR",
+                        "PYTHONPATH": str(ROOT),
+                    }
+                    migrate = [sys.executable, "-m", "pao_orchestrator.server.cli", "migrate"]
+                    subprocess.run(migrate, env=env, check=True, capture_output=True, timeout=120)
+                    sides = {f"pao, header timeout {args.timeout:g}s": args.timeout, "no header timeout (300s)": 300.0}
+                    ports = {}
+                    for label, timeout in sides.items():
+                        port = ports[label] = free_port()
+                        cmd = [sys.executable, "-m", "pao_orchestrator.server.cli", "serve", "--transport", "http"]
+                        procs.append(
+                            subprocess.Popen(
+                                [*cmd, "--port", str(port)],
+                                env={**env, "PAO_HEADER_TIMEOUT_SECONDS": str(timeout)},
+                            )
+                        )
+                    for port in ports.values():
+                        deadline = time.monotonic() + 60
+                        while not await asyncio.to_thread(healthy, port) and time.monotonic() < deadline:
+                            await asyncio.sleep(0.1)
+                    for label, port in ports.items():
+                        opened: list[int] = []
+                        closed: list[float] = []
+                        started = time.monotonic()
+                        drips = [
+                            asyncio.create_task(drip(port, opened, closed, started, args.seconds))
+                            for _ in range(args.connections)
+                        ]
+                        samples: list[tuple[float, int, bool]] = []
+                        for at in (1.0, args.timeout + 1.5, args.seconds - 1):
+                            await asyncio.sleep(max(0.0, at - (time.monotonic() - started)))
+                            ok = await asyncio.to_thread(healthy, port)
+                            samples.append((at, len(opened) - len(closed), ok))
+                        await asyncio.gather(*drips)
+                        results[label] = (closed, samples)
+            finally:
+                for proc in procs:
+                    proc.terminate()
+                    proc.wait(timeout=30)
     print(f"{args.connections} slowloris connections (a header byte a second, never the blank line)")
     header = "  ".join(f"open at {at:>4.1f}s" for at, _, _ in next(iter(results.values()))[1])
     print(f"{'server':30} {header}  closed by server  /health answered")
