@@ -160,26 +160,28 @@ def check_probe_tool(spec: TaskSpec, catalog: ToolCatalog) -> None:
     against the tool's schema at each probe)."""
     if spec.probe is None:
         return
-    _check_uses(spec.probe, "probe.uses", set(catalog.server_names()))
-    if spec.probe.server == BUILTIN_SERVER and not templating.is_templated(spec.probe.with_):
-        try:
-            validate_arguments(spec.probe.uses, BUILTINS[spec.probe.tool].input_schema, spec.probe.with_)
-        except StepError as exc:
-            raise InvalidArgument("probe.with", str(exc)) from None
+    _check_step(spec.probe, "probe", set(catalog.server_names()))
 
 
-def _check_uses(step: Any, field: str, known: set[str]) -> None:
+def _check_step(step: PipelineStep, path: str, known: set[str]) -> None:
+    """`uses` names a built-in or a server of mcp.json; a built-in's literal arguments fit its schema
+    (they are final: checked now, so the worker need not on every run)."""
     if step.server == BUILTIN_SERVER:
         if step.tool not in BUILTINS:
             raise InvalidArgument(
-                field,
+                f"{path}.uses",
                 f"'{step.uses}' is not a built-in step; built-ins are: "
                 + ", ".join(f"pao.{name}" for name in sorted(BUILTINS)),
             )
+        if not templating.is_templated(step.with_):
+            try:
+                validate_arguments(step.uses, BUILTINS[step.tool].input_schema, step.with_)
+            except StepError as exc:
+                raise InvalidArgument(f"{path}.with", str(exc)) from None
     elif step.server not in known:
         configured = ", ".join(sorted(known)) or "none"
         raise InvalidArgument(
-            field,
+            f"{path}.uses",
             f"server '{step.server}' is not in mcp.json (configured: {configured}; built-in: pao). "
             "list_downstream_tools shows what pipelines may use",
         )
@@ -191,27 +193,7 @@ async def check_pipeline(payload: Payload, catalog: ToolCatalog, *, probe_timeou
     known = set(catalog.server_names())
     steps = _steps(payload)
     for path, step in steps:
-        field = f"{path}.uses"
-        if step.server == BUILTIN_SERVER:
-            if step.tool not in BUILTINS:
-                raise InvalidArgument(
-                    field,
-                    f"'{step.uses}' is not a built-in step; built-ins are: "
-                    + ", ".join(f"pao.{name}" for name in sorted(BUILTINS)),
-                )
-            if not templating.is_templated(step.with_):
-                # Literal arguments are final: check them now, so the worker need not on every run.
-                try:
-                    validate_arguments(step.uses, BUILTINS[step.tool].input_schema, step.with_)
-                except StepError as exc:
-                    raise InvalidArgument(f"{path}.with", str(exc)) from None
-        elif step.server not in known:
-            configured = ", ".join(sorted(known)) or "none"
-            raise InvalidArgument(
-                field,
-                f"server '{step.server}' is not in mcp.json (configured: {configured}; built-in: pao). "
-                "list_downstream_tools shows what pipelines may use",
-            )
+        _check_step(step, path, known)
     pipeline = [s.model_dump(by_alias=True) for s in payload.pipeline]
     templating.check_pipeline_templates(pipeline, allowed_roots=templating.ALLOWED_ROOTS)
     if payload.on_failure:
