@@ -5,7 +5,6 @@ resources/subscribe on earlier ones."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import time
 import urllib.request
@@ -25,7 +24,7 @@ from mcp.shared.exceptions import MCPDeprecationWarning
 
 from tests.e2e.test_stdio import server_params
 from tests.engine.support import task_args
-from tests.server.serving import create_agent
+from tests.server.serving import create_agent, free_port
 
 EVERYTHING = "tasks:read,tasks:write,runs:read,runs:write"
 
@@ -33,12 +32,6 @@ PIPELINE = [
     {"id": "a", "uses": "pao.sleep", "with": {"seconds": 0.3}},
     {"id": "b", "uses": "pao.sleep", "with": {"seconds": 0.3}},
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager

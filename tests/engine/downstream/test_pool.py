@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from pao_orchestrator.engine.downstream import (
     UnknownServer,
     UnknownTool,
 )
+from tests.server.serving import free_port
 
 FIXTURE = Path(__file__).parent / "fixtures" / "fixture_server.py"
 TIME = {"command": sys.executable, "args": ["-m", "mcp_server_time", "--local-timezone", "UTC"]}
@@ -330,13 +330,6 @@ async def test_pool_must_be_entered() -> None:
 
 
 # --------------------------------------------------------------------------- remote transports
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from pao_orchestrator.engine.runtime import EventLimits, Ingest, Relay
 from pao_orchestrator.store import streams
 from tests.conftest import REDIS_FOR_TESTS
 from tests.engine.support import create, engine_on, wait_run
+from tests.server.serving import free_port
 
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 
@@ -56,12 +56,6 @@ def unique_stream(client: aioredis.Redis, name: str) -> str:
     stream = f"pao:test:{name}:{uuid.uuid4().hex[:10]}"
     client.test_keys.extend([stream, stream + ":dead"])  # type: ignore[attr-defined]
     return stream
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
