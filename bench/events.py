@@ -32,6 +32,7 @@ from mcp import Client, StdioServerParameters
 
 from pao_orchestrator.engine import Engine, Settings, open_engine
 from pao_orchestrator.engine.runtime import Relay
+from pao_orchestrator.process import settle_heap
 from pao_orchestrator.server.app import create_server
 from pao_orchestrator.store import postgres_server, scratch_database, streams
 
@@ -389,4 +390,7 @@ async def _figures(admin_dsn: str, args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
+    # As `pao serve` does before its loop starts (pao_orchestrator.process); the in-process peer
+    # (pgqueuer's consumers) runs in this same process and gains alike.
+    settle_heap()
     asyncio.run(main())

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
 import sys
@@ -26,6 +25,7 @@ from pao_orchestrator.engine import (
     render_checks,
 )
 from pao_orchestrator.errors import ConfigurationError, PaoError
+from pao_orchestrator.process import settle_heap
 from pao_orchestrator.server.app import WebOptions, create_server, serve, serve_metrics
 from pao_orchestrator.server.http import check_bind
 from pao_orchestrator.vocabulary import Scope
@@ -227,24 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _settle_heap() -> None:
-    """Take what start-up made (modules, classes, functions: some 120,000 objects that live as long as
-    the process) out of the cyclic garbage collector's view.
-
-    Otherwise every full collection walks all of them again: on a no-op drain that was a third of a
-    worker's CPU (11 full collections of ~75 ms for 20,000 runs), and freezing them raised the drain from
-    ~9,000 to ~13,000 runs/s (`bench/throughput.py --concurrency 256 --rounds 1`). Garbage made at start-up
-    is collected first, so nothing unreachable is kept.
-    """
-    gc.collect()
-    gc.freeze()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = Settings()
     logs.configure(settings.log_level, settings.log_format, secrets=settings.secret_environ().values())
-    _settle_heap()
+    settle_heap()
     try:
         if args.command == "serve":
             web = WebOptions(
