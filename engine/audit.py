@@ -14,8 +14,24 @@ import asyncpg
 
 from pao_orchestrator.engine.models import Agent, AuditEntry
 from pao_orchestrator.errors import InvalidArgument, PermissionDenied
+from pao_orchestrator.store import NewAuditEntry
 from pao_orchestrator.store import audit as audit_store
 from pao_orchestrator.vocabulary import AuditOutcome, Scope
+
+
+def entry(
+    caller: Agent | None, action: str, target_type: str, target_id: str | UUID | None, details: dict[str, Any]
+) -> NewAuditEntry:
+    """An entry for a statement that writes it along with what it audits (a published event)."""
+    return NewAuditEntry(
+        agent_id=caller.id if caller is not None else None,
+        agent_name=caller.name if caller is not None else None,
+        action=action,
+        target_type=target_type,
+        target_id=str(target_id) if target_id is not None else None,
+        details=details,
+        request_id=caller.request_id if caller is not None else None,
+    )
 
 
 async def record(

@@ -64,20 +64,26 @@ async def publish_event(
     """Store the event, start its runs and audit it, in one transaction."""
     source = source if source is not None else f"agent:{caller.name}"
     check_event(topic, data, source, dedupe_key, limits=limits)
-    async with db.acquire() as conn, conn.transaction():
+    new = NewEvent(topic=topic, data=dict(data), source=source, dedupe_key=dedupe_key, published_by=caller.id)
+    async with db.acquire() as conn:
+        # The entry is written with the event, in the same statement; a duplicate is audited apart.
         done: Published = await publish(
             conn,
-            NewEvent(topic=topic, data=dict(data), source=source, dedupe_key=dedupe_key, published_by=caller.id),
+            new,
             limits=limits,
+            audit=lambda event_id: audit.entry(
+                caller, "publish_event", "event", str(event_id), {"topic": topic, "duplicate": False}
+            ),
         )
-        await audit.record(
-            conn,
-            caller,
-            "publish_event",
-            "event",
-            str(done.event.id),
-            {"topic": topic, "duplicate": done.duplicate, "runs": len(done.runs)},
-        )
+        if done.duplicate:
+            await audit.record(
+                conn,
+                caller,
+                "publish_event",
+                "event",
+                str(done.event.id),
+                {"topic": topic, "duplicate": True, "runs": len(done.runs)},
+            )
     return PublishedEvent(event_id=done.event.id, duplicate=done.duplicate, runs=_runs(done.runs))
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from pao_orchestrator.store import agents, audit, diagnostics, events, retention, runs, steps, streams, tasks
 from pao_orchestrator.store.agents import AgentRecord
+from pao_orchestrator.store.audit import NewAuditEntry
 from pao_orchestrator.store.database import DATABASE_ERRORS, Connection, Pool, create_pool, open_database
 from pao_orchestrator.store.embedded import EmbeddedPostgres
-from pao_orchestrator.store.events import EventRecord, EventRun, EventRunBatch, EventTask, OutboxEntry
+from pao_orchestrator.store.events import EventRecord, EventRun, EventRunBatch, EventTask, OutboxEntry, PreparedEvent
 from pao_orchestrator.store.listener import Listener
 from pao_orchestrator.store.migrator import latest_version, migrate, schema_version
 from pao_orchestrator.store.runs import ClaimedRun, Completion, InsertedRun, NewRun, RunBatch, RunRecord
@@ -40,9 +41,11 @@ __all__ = [
     "EventTask",
     "InsertedRun",
     "Listener",
+    "NewAuditEntry",
     "NewRun",
     "OutboxEntry",
     "Pool",
+    "PreparedEvent",
     "ProbeClaim",
     "RunBatch",
     "RunRecord",

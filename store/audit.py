@@ -30,6 +30,20 @@ class AuditRecord(Record):
     created_at: datetime
 
 
+@dataclass(frozen=True)
+class NewAuditEntry:
+    """An entry to write (the database adds its id and time): for statements that write one along with
+    what they audit (events.store)."""
+
+    agent_id: UUID | None
+    agent_name: str | None
+    action: str
+    target_type: str
+    target_id: str | None
+    details: dict[str, Any]
+    request_id: str | None
+
+
 async def record(
     conn: asyncpg.Connection | asyncpg.Pool,
     *,

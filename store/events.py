@@ -11,6 +11,7 @@ from uuid import UUID
 import asyncpg
 
 from pao_orchestrator.errors import NotFound
+from pao_orchestrator.store.audit import NewAuditEntry
 from pao_orchestrator.store.queries import sql
 from pao_orchestrator.store.rows import Record
 from pao_orchestrator.vocabulary import OverlapPolicy, RunStatus
@@ -120,22 +121,6 @@ async def find_duplicate(
     return None if row is None else EventRecord.from_row(row)
 
 
-async def insert(
-    conn: asyncpg.Connection,
-    *,
-    topic: str,
-    data: dict[str, Any],
-    dedupe_key: str | None,
-    source: str,
-    published_by: UUID | None,
-    depth: int,
-    matched: bool,
-) -> EventRecord:
-    """Store an event (`matched`: the caller matches it in this transaction)."""
-    row = await conn.fetchrow(sql("insert_event"), topic, data, dedupe_key, source, published_by, depth, matched)
-    return EventRecord.from_row(row)
-
-
 async def claim_unmatched(conn: asyncpg.Connection, limit: int) -> list[EventRecord]:
     """Lock up to `limit` events still to match (the caller owns the transaction)."""
     return [EventRecord.from_row(r) for r in await conn.fetch(sql("claim_unmatched_events"), limit)]
@@ -149,6 +134,64 @@ async def mark_matched(conn: asyncpg.Connection, event_ids: list[int]) -> None:
 async def tasks_for_patterns(conn: asyncpg.Connection, patterns: list[str]) -> list[EventTask]:
     """Active event tasks whose topic pattern is one of `patterns` (index lookups, one per pattern)."""
     return [EventTask.from_row(r) for r in await conn.fetch(sql("event_tasks_for_patterns"), patterns)]
+
+
+@dataclass(frozen=True)
+class PreparedEvent:
+    """What prepare_event reserves for an event about to be stored: its id, its time, and the tasks
+    it may start."""
+
+    id: int
+    created_at: datetime
+    tasks: list[EventTask]
+
+
+async def prepare(conn: asyncpg.Connection, patterns: list[str]) -> PreparedEvent:
+    """The first statement of a publish: reserve the event's id and time, and read the active event
+    tasks whose pattern is one of `patterns`."""
+    rows = await conn.fetch(sql("prepare_event"), patterns)
+    tasks = [EventTask.from_row(r) for r in rows if r["id"] is not None]
+    return PreparedEvent(rows[0]["event_id"], rows[0]["event_at"], tasks)
+
+
+async def store(
+    conn: asyncpg.Connection,
+    event: EventRecord,
+    batch: EventRunBatch,
+    *,
+    audit: NewAuditEntry | None = None,
+    runs_after: int = 0,
+) -> list[EventRun]:
+    """The second: store `event` (prepared) with the runs of `batch` and its audit entry, in one
+    statement; returns the runs inserted (none for a task no longer active). `runs_after`: runs the
+    caller starts after this in the same transaction, counted in the audit entry's details."""
+    rows = await conn.fetch(
+        sql("store_event"),
+        event.id,
+        event.topic,
+        event.data,
+        event.dedupe_key,
+        event.source,
+        event.published_by,
+        event.depth,
+        event.created_at,
+        batch.task_id,
+        batch.status,
+        batch.trigger_data,
+        batch.priority,
+        batch.max_attempts,
+        batch.concurrency_key,
+        batch.error,
+        batch.created_by,
+        *(
+            (audit.agent_id, audit.agent_name, audit.action, audit.target_type, audit.target_id, audit.details)
+            if audit is not None
+            else (None, None, None, None, None, {})
+        ),
+        audit.request_id if audit is not None else None,
+        runs_after,
+    )
+    return [EventRun.from_row(r) for r in rows]
 
 
 async def insert_runs(conn: asyncpg.Connection, batch: EventRunBatch) -> list[EventRun]:

@@ -13,12 +13,6 @@ WHERE topic = $1 AND dedupe_key = $2 AND created_at > now() - make_interval(secs
 ORDER BY created_at DESC
 LIMIT 1;
 
--- name: insert_event
--- An event publish_event stores is matched in the same transaction: matched_at is set here.
-INSERT INTO events (topic, data, dedupe_key, source, published_by, depth, matched_at)
-VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $7::bool THEN now() END)
-RETURNING *;
-
 -- name: claim_unmatched_events
 -- Events stored without being matched (run ends, written by a trigger), oldest first. SKIP LOCKED:
 -- matchers of several processes share the backlog; each event is matched by exactly one of them.
@@ -31,12 +25,47 @@ UPDATE events SET matched_at = now() WHERE id = ANY($1::bigint[]);
 -- The active event tasks whose topic pattern is one of $1: the topic itself, each of its prefixes
 -- with '.*', and '*'. One probe of the partial index tasks_event_topic per pattern, so the cost
 -- does not grow with the number of event tasks on other topics.
-SELECT id, title, schedule_expr, priority, max_retries, dedupe_key, dedupe_window_seconds, concurrency_key,
-       overlap_policy, "filter", created_by
-FROM tasks
-WHERE status = 'active' AND schedule_kind = 'event' AND schedule_expr = ANY($1::text[])
-  -- A snoozed event task lets events pass until its snooze ends.
-  AND (snoozed_until IS NULL OR snoozed_until <= now());
+SELECT * FROM active_event_tasks WHERE schedule_expr = ANY($1::text[]);
+
+-- name: prepare_event
+-- The first of the two statements of a publish: the id and the time the event will have (this
+-- transaction's now()), and the tasks it may start (event_tasks_for_patterns, $1 the patterns).
+-- One row per task; one row with NULL task columns when there is none.
+WITH e AS (SELECT nextval(pg_get_serial_sequence('events', 'id')) AS event_id, now() AS event_at)
+SELECT e.event_id, e.event_at, t.* FROM e LEFT JOIN active_event_tasks t ON t.schedule_expr = ANY($1::text[]);
+
+-- name: store_event
+-- The second: the event ($1-$8), the runs it starts ($9-$16, as insert_event_runs) and its audit
+-- entry ($17-$23, none when $19 is NULL; its details get 'runs': the runs inserted here plus $24
+-- started after it in the same transaction), in one statement, so one commit makes all of them or
+-- none. Runs start only for tasks still active: one cancelled since prepare_event starts nothing.
+-- Queued runs wake the workers on commit, as every enqueue does.
+WITH event AS (
+    INSERT INTO events (id, topic, data, dedupe_key, source, published_by, depth, created_at, matched_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)
+    RETURNING id
+), input AS (
+    SELECT i.* FROM unnest($9::uuid[], $10::text[], $11::jsonb[], $12::int[], $13::int[], $14::text[], $15::text[],
+                           $16::uuid[])
+        AS i(task_id, status, trigger_data, priority, max_attempts, concurrency_key, error, created_by)
+    WHERE EXISTS (SELECT 1 FROM active_event_tasks t WHERE t.id = i.task_id)
+), inserted AS (
+    INSERT INTO runs (task_id, status, trigger, trigger_data, scheduled_for, priority, concurrency_key,
+                      max_attempts, available_at, error, reason, event_id, created_by, finished_at)
+    SELECT task_id, status, 'event', trigger_data, now(), priority, concurrency_key, max_attempts, now(), error,
+           CASE WHEN status = 'failed' THEN 'failed without running: the event could not start it' END,
+           (SELECT id FROM event), created_by, CASE WHEN status <> 'queued' THEN now() END
+    FROM input
+    RETURNING id, task_id, status, event_id
+), audited AS (
+    INSERT INTO audit_log (agent_id, agent_name, action, target_type, target_id, details, request_id, outcome)
+    SELECT $17, $18, $19, $20, $21, $22::jsonb || jsonb_build_object('runs', (SELECT count(*) FROM inserted) + $24),
+           $23, 'ok'
+    WHERE $19::text IS NOT NULL
+), wake AS (
+    SELECT pg_notify(:RUNS_CHANNEL, '') WHERE EXISTS (SELECT 1 FROM inserted WHERE status = 'queued')
+)
+SELECT inserted.* FROM inserted LEFT JOIN wake ON true;
 
 -- name: insert_event_runs
 -- The runs events start, in one statement. Queued ones wake the workers on commit (the same NOTIFY

@@ -1,9 +1,10 @@
 """Events: what may be published, which event tasks an event starts, and the runs it starts.
 
-`publish` stores an event and matches it in the caller's transaction, so an acknowledged event has
-its runs (or it does not exist). Events stored by the database itself (a run's end, see the
-`runs_end_events` trigger) are matched by `match_pending`, which the workers' `Matcher` calls when
-they hear of them; either way the event and its runs commit together.
+`publish` stores an event and matches it atomically (in one statement, or in the caller's
+transaction), so an acknowledged event has its runs (or it does not exist). Events stored by the
+database itself (a run's end, see the `runs_end_events` trigger) are matched by `match_pending`,
+which the workers' `Matcher` calls when they hear of them; either way the event and its runs
+commit together.
 
 Matching is indexed: the task patterns an event can match are its topic, each of its prefixes
 followed by `.*`, and `*`; the store looks those up in the partial index on event tasks, so the
@@ -13,10 +14,11 @@ cost of a publish does not grow with the number of event tasks on other topics.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -27,7 +29,15 @@ from pao_orchestrator.engine.runtime import storable
 from pao_orchestrator.engine.runtime.enqueuing import Keys, enqueue, render_keys, serial_key
 from pao_orchestrator.engine.templating import TemplateError, needs_isolation, render
 from pao_orchestrator.errors import InvalidArgument
-from pao_orchestrator.store import DATABASE_ERRORS, EventRecord, EventRun, EventRunBatch, EventTask, Listener
+from pao_orchestrator.store import (
+    DATABASE_ERRORS,
+    EventRecord,
+    EventRun,
+    EventRunBatch,
+    EventTask,
+    Listener,
+    NewAuditEntry,
+)
 from pao_orchestrator.store import events as event_store
 from pao_orchestrator.vocabulary import OverlapPolicy, RunStatus, Trigger
 
@@ -150,22 +160,23 @@ def _passes(task: EventTask, view: dict[str, Any]) -> bool:
     return bool(render(task.filter, context, field="filter", limit=10_000))
 
 
-async def match(conn: asyncpg.Connection, events: list[EventRecord]) -> dict[int, list[EventRun]]:
-    """Start the runs of every active event task each event matches; the caller owns the transaction.
+@dataclass
+class _Plan:
+    """The runs a match starts: most in one statement (`batch`), those of tasks with a dedupe_key one
+    by one, through the dedupe rule of every enqueue."""
+
+    batch: EventRunBatch = field(default_factory=EventRunBatch)
+    one_by_one: list[tuple[EventTask, dict[str, Any], Keys, EventRecord]] = field(default_factory=list)
+
+
+def _plan(events: list[EventRecord], tasks: list[EventTask]) -> _Plan:
+    """Which of `tasks` each event starts, and how (pure: filters and keys render here).
 
     A task whose filter or keys cannot be rendered gets a `failed` run saying why (it publishes
     run.failed, one link further down the chain); an event at MAX_CHAIN_DEPTH gets `failed` runs
-    marked `chain_stopped`, which publish nothing: a loop stops there. A task
-    with a dedupe_key goes through the dedupe rule of every enqueue; the others are inserted in one
-    statement.
+    marked `chain_stopped`, which publish nothing: a loop stops there.
     """
-    patterns = sorted({p for e in events for p in topic_patterns(e.topic)})
-    tasks = await event_store.tasks_for_patterns(conn, patterns)
-    started: dict[int, list[EventRun]] = {e.id: [] for e in events}
-    if not tasks:
-        return started
-    batch = EventRunBatch()
-    one_by_one: list[tuple[EventTask, dict[str, Any], Keys, EventRecord]] = []
+    plan = _Plan()
     for event in events:
         view = event_view(event)
         trigger_data = {"event": view}
@@ -191,18 +202,20 @@ async def match(conn: asyncpg.Connection, events: list[EventRecord]) -> dict[int
             except ChainTooDeep as exc:
                 # Marked so that this refusal publishes no run.failed: it is where the chain ends.
                 stopped = {**trigger_data, "chain_stopped": True}
-                batch.add(task, RunStatus.FAILED, stopped, event.id, error=storable.text(str(exc)))
+                plan.batch.add(task, RunStatus.FAILED, stopped, event.id, error=storable.text(str(exc)))
                 continue
             except TemplateError as exc:
-                batch.add(task, RunStatus.FAILED, trigger_data, event.id, error=storable.text(str(exc)))
+                plan.batch.add(task, RunStatus.FAILED, trigger_data, event.id, error=storable.text(str(exc)))
                 continue
             if keys.dedupe is not None:
-                one_by_one.append((task, trigger_data, keys, event))
+                plan.one_by_one.append((task, trigger_data, keys, event))
             else:
-                batch.add(task, RunStatus.QUEUED, trigger_data, event.id, concurrency_key=keys.concurrency)
-    for run in await event_store.insert_runs(conn, batch):
-        started[run.event_id].append(run)
-    for task, trigger_data, keys, event in one_by_one:
+                plan.batch.add(task, RunStatus.QUEUED, trigger_data, event.id, concurrency_key=keys.concurrency)
+    return plan
+
+
+async def _start_one_by_one(conn: asyncpg.Connection, plan: _Plan, started: dict[int, list[EventRun]]) -> None:
+    for task, trigger_data, keys, event in plan.one_by_one:
         row = await enqueue(
             conn,
             task,
@@ -214,32 +227,83 @@ async def match(conn: asyncpg.Connection, events: list[EventRecord]) -> dict[int
             event_id=event.id,
         )
         started[event.id].append(EventRun(row.id, row.task_id, row.status, event.id))
+
+
+async def match(conn: asyncpg.Connection, events: list[EventRecord]) -> dict[int, list[EventRun]]:
+    """Start the runs of every active event task each of the stored `events` matches (see `_plan`);
+    the caller owns the transaction."""
+    patterns = sorted({p for e in events for p in topic_patterns(e.topic)})
+    tasks = await event_store.tasks_for_patterns(conn, patterns)
+    started: dict[int, list[EventRun]] = {e.id: [] for e in events}
+    if not tasks:
+        return started
+    plan = _plan(events, tasks)
+    for run in await event_store.insert_runs(conn, plan.batch):
+        started[run.event_id].append(run)
+    await _start_one_by_one(conn, plan, started)
     return started
 
 
-async def publish(conn: asyncpg.Connection, new: NewEvent, *, limits: EventLimits) -> Published:
-    """Store an event and start its runs, in the caller's transaction.
+@contextlib.asynccontextmanager
+async def _atomic(conn: asyncpg.Connection) -> AsyncIterator[None]:
+    """A transaction, unless the caller already holds one (then theirs: no savepoint round trips)."""
+    if conn.is_in_transaction():
+        yield
+    else:
+        async with conn.transaction():
+            yield
+
+
+async def publish(
+    conn: asyncpg.Connection,
+    new: NewEvent,
+    *,
+    limits: EventLimits,
+    audit: Callable[[int], NewAuditEntry] | None = None,
+) -> Published:
+    """Store an event and start its runs, atomically: within the caller's transaction if it holds one.
 
     A dedupe_key seen on the same topic within `limits.dedupe_seconds` returns that earlier event
     and starts nothing; concurrent publishes of one key are serialised, so exactly one stores it.
+    `audit(event_id)` gives the entry written with a stored event (none for a duplicate).
+
+    Two statements in the common case (no dedupe_key, no matching task with one): prepare_event
+    reserves the id and time and reads the tasks, store_event writes the event, its runs and its
+    audit entry at once. A publish is most of the cost of an event's runs, and round trips most of
+    a publish's.
     """
-    if new.dedupe_key is not None:
+    if new.dedupe_key is None:
+        return await _store(conn, new, audit)
+    async with _atomic(conn):
         await event_store.lock_dedupe(conn, new.topic, new.dedupe_key)
         earlier = await event_store.find_duplicate(conn, new.topic, new.dedupe_key, limits.dedupe_seconds)
         if earlier is not None:
             return Published(earlier, await event_store.runs_of(conn, earlier.id), duplicate=True)
-    event = await event_store.insert(
-        conn,
+        return await _store(conn, new, audit)
+
+
+async def _store(conn: asyncpg.Connection, new: NewEvent, audit: Callable[[int], NewAuditEntry] | None) -> Published:
+    prepared = await event_store.prepare(conn, topic_patterns(new.topic))
+    event = EventRecord(
+        id=prepared.id,
         topic=new.topic,
         data=new.data,
         dedupe_key=new.dedupe_key,
         source=new.source,
         published_by=new.published_by,
         depth=new.depth,
-        matched=True,
+        created_at=prepared.created_at,
     )
-    runs = (await match(conn, [event]))[event.id]
-    return Published(event, runs)
+    plan = _plan([event], prepared.tasks)
+    entry = audit(event.id) if audit is not None else None
+    if not plan.one_by_one:
+        return Published(event, await event_store.store(conn, event, plan.batch, audit=entry))
+    async with _atomic(conn):
+        started = {
+            event.id: await event_store.store(conn, event, plan.batch, audit=entry, runs_after=len(plan.one_by_one))
+        }
+        await _start_one_by_one(conn, plan, started)
+    return Published(event, started[event.id])
 
 
 def _connection_trouble(exc: BaseException) -> bool:

@@ -300,10 +300,68 @@ async def test_event_matching_reads_the_topic_index(db: asyncpg.Pool) -> None:
         await conn.execute("ANALYZE tasks")
         from pao_orchestrator.store.queries import sql
 
-        plan = "\n".join(
-            r[0] for r in await conn.fetch("EXPLAIN " + sql("event_tasks_for_patterns"), ["a.b", "a.*", "*"])
+        for statement in ("event_tasks_for_patterns", "prepare_event"):
+            plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + sql(statement), ["a.b", "a.*", "*"]))
+            assert "tasks_event_topic" in plan, (statement, plan)
+
+
+async def test_a_publish_writes_its_event_runs_and_audit_entry_together(
+    database_url: str, mcp_config: Path, tmp_path: Path, db: asyncpg.Pool
+) -> None:
+    async with engine_on(database_url, mcp_config, tmp_path, run_worker=False) as engine:
+        plain = await event_task(engine, "stock.low")
+        keyed = await event_task(engine, "stock.*", dedupe_key="${event.data.sku}", dedupe_window_seconds=60)
+        first = await publish(engine, "stock.low", {"sku": "a1"})  # two runs: one in the statement, one after it
+        again = await publish(engine, "stock.low", {"sku": "a1"})  # the keyed task's run is a skipped duplicate
+        same = await publish(engine, "stock.low", {"sku": "a1"}, dedupe_key="k")
+        duplicate = await publish(engine, "stock.low", {"sku": "a1"}, dedupe_key="k")
+        assert {r.task_id for r in first.runs} == {plain, keyed}
+        assert sorted(r.status for r in again.runs) == ["queued", "skipped"]
+        assert duplicate.duplicate and duplicate.event_id == same.event_id
+        async with db.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT target_id, details, agent_name FROM audit_log WHERE action = 'publish_event' ORDER BY id"
+            )
+            times = await conn.fetch("SELECT id, created_at, matched_at FROM events ORDER BY id")
+        assert [(int(r["target_id"]), r["details"]["runs"], r["details"]["duplicate"]) for r in rows] == [
+            (first.event_id, 2, False),
+            (again.event_id, 2, False),
+            (same.event_id, 2, False),
+            (same.event_id, 2, True),
+        ]
+        assert {r["agent_name"] for r in rows} == {engine.owner.name}
+        # The time prepare_event reserved is the event's time, and the time it was matched.
+        assert [r["id"] for r in times] == [first.event_id, again.event_id, same.event_id]
+        assert all(r["created_at"] == r["matched_at"] for r in times)
+
+
+async def test_a_task_cancelled_between_the_two_statements_of_a_publish_starts_nothing(db: asyncpg.Pool) -> None:
+    from pao_orchestrator.store import EventRecord, EventRunBatch, NewAuditEntry
+    from pao_orchestrator.store import events as event_store
+    from pao_orchestrator.vocabulary import RunStatus
+
+    async with db.acquire() as conn:
+        owner = await conn.fetchval("INSERT INTO agents (name) VALUES ('x') RETURNING id")
+        await conn.execute(
+            """INSERT INTO tasks (title, schedule_kind, schedule_expr, payload, created_by)
+               SELECT 't' || i, 'event', 'door.opened', '{}'::jsonb, $1 FROM generate_series(1, 2) i""",
+            owner,
         )
-    assert "tasks_event_topic" in plan, plan
+        prepared = await event_store.prepare(conn, ["door.opened", "door.*", "*"])
+        assert len(prepared.tasks) == 2
+        gone = prepared.tasks[0]
+        await conn.execute("UPDATE tasks SET status = 'cancelled' WHERE id = $1", gone.id)
+        event = EventRecord(prepared.id, "door.opened", {}, None, "test", owner, 0, prepared.created_at)
+        batch = EventRunBatch()
+        for task in prepared.tasks:
+            batch.add(task, RunStatus.QUEUED, {"event": {"id": event.id}}, event.id)
+        entry = NewAuditEntry(owner, "x", "publish_event", "event", str(event.id), {"topic": "door.opened"}, None)
+        runs = await event_store.store(conn, event, batch, audit=entry)
+        assert [r.task_id for r in runs] == [prepared.tasks[1].id]
+        assert runs[0].event_id == event.id
+        assert await conn.fetchval("SELECT count(*) FROM events WHERE id = $1", event.id) == 1
+        details = await conn.fetchval("SELECT details FROM audit_log WHERE target_id = $1", str(event.id))
+        assert details == {"topic": "door.opened", "runs": 1}
 
 
 async def test_every_path_that_ends_a_run_publishes_its_event(
