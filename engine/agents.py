@@ -20,6 +20,7 @@ from uuid import UUID, uuid4
 import asyncpg
 from pydantic import BaseModel, Field
 
+from pao_orchestrator.engine import lifecycle
 from pao_orchestrator.engine.audit import record, require
 from pao_orchestrator.engine.models import Agent, AgentInfo, TokenInfo
 from pao_orchestrator.engine.paging import decode_cursor, page
@@ -236,7 +237,8 @@ async def update_agent(
 
 
 async def delete_agent(db: asyncpg.Pool, caller: Agent, agent_id: UUID, *, now: datetime) -> AgentInfo:
-    """Delete an agent: its tokens stop working at once; its row, tasks, runs and audit entries stay."""
+    """Delete an agent: its tokens stop working at once and its tasks that may still fire are paused (their
+    queued runs cancelled); its row, tasks, runs and audit entries stay."""
     require(caller, Scope.ADMIN)
     async with db.acquire() as conn, conn.transaction():
         current = await agent_store.get(conn, agent_id)
@@ -245,8 +247,10 @@ async def delete_agent(db: asyncpg.Pool, caller: Agent, agent_id: UUID, *, now: 
         if current.is_owner:
             raise Conflict("the local owner agent cannot be deleted")
         row = await agent_store.delete(conn, agent_id) or current  # deleting a deleted agent changes nothing
+        paused = await lifecycle.pause_tasks_of_agent(conn, caller, row)
         info = await _info(conn, row, now)
-        await record(conn, caller, "delete_agent", "agent", agent_id, {"name": row.name})
+        info.paused_tasks = paused
+        await record(conn, caller, "delete_agent", "agent", agent_id, {"name": row.name, "paused_tasks": len(paused)})
     return info
 
 

@@ -34,7 +34,7 @@ from pao_orchestrator.engine.tasks import (
 )
 from pao_orchestrator.engine.validation import parse
 from pao_orchestrator.errors import Conflict, InvalidArgument
-from pao_orchestrator.store import RunBatch, TaskRecord
+from pao_orchestrator.store import AgentRecord, RunBatch, TaskRecord
 from pao_orchestrator.store import runs as run_store
 from pao_orchestrator.store import tasks as task_store
 from pao_orchestrator.vocabulary import RunStatus, ScheduleKind, TaskStatus
@@ -244,6 +244,31 @@ async def pause_task(db: asyncpg.Pool, caller: Agent, task_id: UUID, *, clock: C
         )
         task = await _finish(conn, caller, "pause_task", row, {})
     return TaskChange(task=task, changed=True, message="paused: no fire until resume_task")
+
+
+async def pause_tasks_of_agent(conn: asyncpg.Connection, caller: Agent, agent: AgentRecord) -> list[UUID]:
+    """Pause every task of `agent` that may still fire, as pause_task would (delete_agent: whatever the
+    agent set up stops acting on its behalf; an admin can resume a task to keep it). Runs already
+    queued are cancelled, running ones left to finish. The caller holds the transaction."""
+    reason = f"paused: its agent {agent.name!r} was deleted by {caller.name} (delete_agent)"
+    paused = []
+    for row in await task_store.lock_live_of_agent(conn, agent.id):
+        next_fire_at = await _withdraw(conn, row, reason)
+        queued = [
+            run_id for run_id, status in await run_store.active_of_task(conn, row.id) if status == RunStatus.QUEUED
+        ]
+        await run_store.cancel_many(conn, queued, [reason] * len(queued))
+        row = await task_store.set_state(
+            conn,
+            row.id,
+            status=TaskStatus.PAUSED,
+            next_fire_at=next_fire_at,
+            snoozed_until=row.snoozed_until,
+            paused_reason=reason,
+        )
+        await _finish(conn, caller, "pause_task", row, {"reason": reason, "cancelled_runs": [str(i) for i in queued]})
+        paused.append(row.id)
+    return paused
 
 
 async def resume_task(db: asyncpg.Pool, caller: Agent, task_id: UUID, *, clock: Clock) -> TaskChange:

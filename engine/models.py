@@ -241,6 +241,9 @@ class AgentInfo(BaseModel):
     revoked_at: datetime | None
     deleted_at: datetime | None
     tokens: list[TokenInfo] = Field(default_factory=list)
+    paused_tasks: list[UUID] | None = Field(
+        default=None, description="delete_agent only: the agent's tasks it paused (resume_task keeps one going)"
+    )
 
 
 class AuditEntry(BaseModel):

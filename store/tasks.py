@@ -155,6 +155,11 @@ async def insert(conn: asyncpg.Connection, fields: Mapping[str, Any], *, created
     return TaskRecord.from_row(row)
 
 
+async def lock_live_of_agent(conn: asyncpg.Connection, agent_id: UUID) -> list[TaskRecord]:
+    """The agent's tasks that may still fire, locked until the caller's transaction ends."""
+    return [TaskRecord.from_row(r) for r in await conn.fetch(sql("lock_live_tasks_of_agent"), agent_id)]
+
+
 async def get(conn: asyncpg.Connection, task_id: UUID, *, for_update: bool = False) -> TaskRecord:
     row = await conn.fetchrow(sql("get_task_for_update" if for_update else "get_task"), task_id)
     if row is None:

@@ -43,6 +43,11 @@ SET title = $2, description = $3, schedule_kind = $4, schedule_expr = $5, timezo
 WHERE id = $1
 RETURNING *;
 
+-- name: lock_live_tasks_of_agent
+-- The tasks of an agent that may still fire (active or snoozed: not paused, cancelled or
+-- completed), locked, for delete_agent to pause.
+SELECT * FROM tasks WHERE created_by = $1 AND status = 'active' ORDER BY created_at FOR UPDATE;
+
 -- name: set_task_state
 -- pause, resume, snooze, cancel: the scheduling state of one task, which the caller has locked.
 -- (SET reads the row as it was.) Entering 'paused' records why ($5) and since when; leaving it

@@ -286,3 +286,41 @@ async def test_another_agents_events_are_not_found_and_not_listed(
             ]
         async with Client(create_server(engine)) as admin:
             assert len(content(await admin.call_tool("get_event", {"event_id": event_id}))["runs"]) == 2
+
+
+async def test_deleting_an_agent_pauses_what_it_set_up(database_url: str, mcp_config: Path, tmp_path: Path) -> None:
+    async with engine_on(database_url, mcp_config, tmp_path, run_worker=False) as engine:
+        bot, _ = await agent(engine, "bot", ["tasks:write", "runs:write", "events:publish"])
+        other, _ = await agent(engine, "other", ["tasks:write", "runs:write"])
+        every_minute = (
+            await engine.create_task(bot, task_args(NOOP, schedule_kind="cron", schedule_expr="* * * * *"))
+        ).task
+        on_event = (
+            await engine.create_task(
+                bot, task_args(NOOP, schedule_kind="event", schedule_expr="bot.ping", title="on ping")
+            )
+        ).task
+        queued = await engine.run_now(bot, on_event.id)
+        paused_before = (await engine.create_task(bot, task_args(NOOP, title="paused already"))).task
+        await engine.pause_task(bot, paused_before.id)
+        bystander = (
+            await engine.create_task(other, task_args(NOOP, schedule_kind="cron", schedule_expr="* * * * *"))
+        ).task
+
+        deleted = await engine.delete_agent(engine.owner, bot.id)
+        assert set(deleted.paused_tasks or []) == {every_minute.id, on_event.id}
+        for task_id in (every_minute.id, on_event.id):
+            task = await engine.get_task(engine.owner, task_id)
+            assert task.status == "paused" and "'bot' was deleted by owner" in (task.paused_reason or "")
+        run = await engine.get_run(engine.owner, queued.id)
+        assert run.status == "cancelled" and "was deleted" in (run.reason or "")
+        # An event no longer starts the deleted agent's task; another agent's task is untouched.
+        published = await engine.publish_event(engine.owner, topic="bot.ping", data={}, dedupe_key=None, source=None)
+        assert published.runs == []
+        assert (await engine.get_task(engine.owner, bystander.id)).status == "active"
+        assert (await engine.get_task(engine.owner, paused_before.id)).paused_reason == "paused by bot (pause_task)"
+        # An admin can keep one going.
+        resumed = await engine.resume_task(engine.owner, on_event.id)
+        assert resumed.task.status == "active"
+        entries, _ = await engine.list_audit(engine.owner, agent_id=engine.owner.id, action="pause_task")
+        assert len(entries) == 2 and all("was deleted" in e.details["reason"] for e in entries)
