@@ -108,6 +108,7 @@ class Engine:
         self.worker = worker
         self.scheduler = scheduler
         self.clock = utcnow
+        self.denied = audit.DeniedThrottle()
         self.event_limits = EventLimits(settings.max_event_bytes, settings.event_dedupe_seconds)
 
     async def publish_event(
@@ -351,10 +352,13 @@ class Engine:
     async def audit_denied(
         self, caller: Agent | None, action: str, target_type: str, target_id: str | None, reason: str
     ) -> None:
-        """Record a failed authentication or authorization (never with the token that was offered)."""
-        await audit.record(
-            self.db, caller, action, target_type, target_id, {"reason": reason}, outcome=AuditOutcome.DENIED
-        )
+        """Record a failed authentication or authorization (never with the token that was offered); a
+        refusal repeated within seconds is counted into the next entry instead (audit.DeniedThrottle)."""
+        left_out = self.denied.admit((caller.id if caller is not None else None, action, target_type, reason))
+        if left_out is None:
+            return
+        details: dict[str, Any] = {"reason": reason, **({"repeated": left_out} if left_out else {})}
+        await audit.record(self.db, caller, action, target_type, target_id, details, outcome=AuditOutcome.DENIED)
 
     async def downstream_catalog(self, server: str | None) -> dict[str, Any]:
         """Every tool a pipeline step may use, per server, with schemas; built-ins under `pao`."""

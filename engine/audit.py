@@ -6,6 +6,8 @@ Entries hold names, ids and a few descriptive fields: never a token, never a sec
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -57,6 +59,34 @@ async def record(
         request_id=request_id or (caller.request_id if caller is not None else None),
         outcome=outcome,
     )
+
+
+class DeniedThrottle:
+    """At most one audit entry per `window` seconds for a repeated refusal (same agent, action, kind of
+    target and reason), so a client hammering with a bad token cannot fill the audit log at request rate.
+
+    The first refusal is written at once; those that follow within the window are counted, and the next
+    entry written carries `repeated`: how many were left out since the previous one (and the latest
+    target). Kept per process, bounded to `max_keys` kinds of refusal.
+    """
+
+    def __init__(self, window: float = 10.0, *, max_keys: int = 10_000, clock: Callable[[], float] = time.monotonic):
+        self._window = window
+        self._max_keys = max_keys
+        self._clock = clock
+        self._last: dict[tuple[Any, ...], tuple[float, int]] = {}
+
+    def admit(self, key: tuple[Any, ...]) -> int | None:
+        """None to leave this refusal out; else the number left out before it (write it with that)."""
+        now = self._clock()
+        seen = self._last.get(key)
+        if seen is not None and now - seen[0] < self._window:
+            self._last[key] = (seen[0], seen[1] + 1)
+            return None
+        if len(self._last) >= self._max_keys:
+            self._last.clear()
+        self._last[key] = (now, 0)
+        return seen[1] if seen is not None else 0
 
 
 def require(caller: Agent, scope: Scope) -> None:

@@ -108,6 +108,44 @@ async def test_scopes_over_a_real_session_and_the_audit_records_refusals(served:
     assert served.reader not in json.dumps(entries) and served.admin not in json.dumps(entries)
 
 
+async def test_a_client_hammering_with_a_bad_token_does_not_fill_the_audit_log(
+    served: Served, database_url: str
+) -> None:
+    bad = {"authorization": "Bearer pao_not-a-token", "content-type": "application/json"}
+    answers = await asyncio.gather(
+        *(asyncio.to_thread(post, served.base, INIT, bad) for _ in range(300)), return_exceptions=False
+    )
+    assert {a.status_code for a in answers} == {401}
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT details FROM audit_log WHERE action = 'authenticate' AND outcome = 'denied' ORDER BY id"
+        )
+    finally:
+        await conn.close()
+    # One entry when it starts, then at most one per 10 s carrying how many were left out.
+    assert 1 <= len(rows) <= 3, rows
+    assert all(json.loads(r["details"])["reason"] == "unknown, revoked or expired token" for r in rows)
+    assert post(served.base, INIT, auth_headers(served.reader)).status_code == 200  # others are not slowed
+
+
+def test_denied_throttle_counts_what_it_leaves_out() -> None:
+    from pao_orchestrator.engine.audit import DeniedThrottle
+
+    now = [0.0]
+    throttle = DeniedThrottle(10.0, max_keys=3, clock=lambda: now[0])
+    key = (None, "authenticate", "endpoint", "no bearer token")
+    assert throttle.admit(key) == 0
+    assert [throttle.admit(key) for _ in range(5)] == [None] * 5
+    assert throttle.admit(("agent", "create_task", "tool", "missing scope")) == 0  # another refusal: its own entry
+    now[0] = 10.5
+    assert throttle.admit(key) == 5  # written, saying five were left out
+    assert throttle.admit(key) is None
+    for i in range(5):  # bounded: new kinds of refusal past max_keys start afresh
+        throttle.admit(("x", str(i), "", ""))
+    assert throttle.admit(key) == 0
+
+
 def test_a_revoked_token_stops_working_at_once(
     served: Served, database_url: str, tmp_path: Path, mcp_config: Path
 ) -> None:
