@@ -32,6 +32,7 @@ import asyncpg
 from pao_orchestrator.engine.app import Tools
 from pao_orchestrator.engine.downstream import DownstreamPool, Registry
 from pao_orchestrator.engine.runtime import Executor, Scheduler, Worker, worker_name
+from pao_orchestrator.process import settle_heap
 from pao_orchestrator.store import agents as agent_store
 from pao_orchestrator.store import create_pool, postgres_server, scratch_database
 
@@ -209,6 +210,7 @@ async def main() -> None:
     parser.add_argument("--worker", metavar="DSN", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
+        settle_heap()  # as `pao worker` does before its loop starts
         await run_worker(args.worker, args.concurrency, args.seconds)
         return
 

@@ -522,7 +522,13 @@ async def open_engine(
             stack.push_async_callback(prober.stop)
             background.append(asyncio.create_task(prober.run(), name="prober"))
             if settings.redis_url:
-                relay = Relay(db, redis_url=settings.redis_url, stream=settings.stream_out, dsn=dsn)
+                relay = Relay(
+                    db,
+                    redis_url=settings.redis_url,
+                    stream=settings.stream_out,
+                    dsn=dsn,
+                    maxlen=settings.stream_out_maxlen,
+                )
                 await relay.register()  # from here on every stored event enters the outbox
                 ingest = Ingest(
                     db,

@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     stream_out: str = "pao:events"
     stream_in: str = "pao:inbox"
+    stream_out_maxlen: int = Field(
+        default=1_000_000,
+        ge=0,
+        description="Keep about this many entries in the outgoing stream (XADD MAXLEN ~); 0: never trim.",
+    )
     worker_concurrency: int = Field(default=16, ge=1)
     render_processes: int = Field(default=2, ge=1, le=64)
     render_timeout_seconds: float = Field(default=1.0, gt=0, le=60)

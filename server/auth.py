@@ -17,7 +17,8 @@ from typing import Any, Final
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
-from mcp_types import CallToolResult, TextContent
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_REQUEST, CallToolResult, TextContent
 
 from pao_orchestrator.engine import Agent, Engine
 from pao_orchestrator.vocabulary import Scope
@@ -51,6 +52,39 @@ TOOL_SCOPES: Final[dict[str, Scope | None]] = {
     "health": None,  # any authenticated agent
 }
 """The scope each tool needs. A tool missing here needs `admin`: a new tool is closed until named."""
+
+
+RESOURCE_SCOPES: Final[dict[str, Scope | None]] = {
+    "tasks": Scope.TASKS_READ,  # as get_task
+    "runs": Scope.RUNS_READ,  # as get_run (a run's steps too)
+    "events": Scope.EVENTS_PUBLISH,  # as get_event
+    "downstream": Scope.TASKS_READ,  # as list_downstream_tools
+    "health": None,  # as health
+}
+"""The scope reading (or following) a `pao://` resource needs: that of the tool that reads the same thing."""
+
+
+def resource_scope(uri: str) -> Scope | None:
+    """The scope reading `uri` needs; None for anything any agent may read (or that is not pao's)."""
+    if not uri.startswith("pao://"):
+        return None
+    return RESOURCE_SCOPES.get(uri.removeprefix("pao://").split("/", 1)[0], Scope.ADMIN)
+
+
+def _resource_uris(method: str, params: dict[str, Any]) -> list[str]:
+    """The resources a request reads or follows."""
+    if method in ("resources/read", "resources/subscribe"):
+        uri = params.get("uri")
+        return [uri] if isinstance(uri, str) else []
+    if method == "subscriptions/listen":
+        wanted = params.get("notifications")
+        uris = (
+            wanted.get("resourceSubscriptions") or wanted.get("resource_subscriptions")
+            if isinstance(wanted, dict)
+            else None
+        )
+        return [u for u in uris if isinstance(u, str)] if isinstance(uris, list) else []
+    return []
 
 
 def required_scope(tool: str) -> Scope | None:
@@ -148,6 +182,17 @@ class CallerMiddleware:
                 return CallToolResult(
                     content=[TextContent(type="text", text=forbidden_message(agent, tool, scope))], is_error=True
                 )
+        elif isinstance(ctx.params, dict):
+            for uri in _resource_uris(ctx.method, ctx.params):
+                needed = resource_scope(uri)
+                if needed is not None and not agent.can(needed):
+                    await self._engine.audit_denied(agent, ctx.method, "resource", uri, f"missing scope {needed.value}")
+                    raise MCPError(
+                        INVALID_REQUEST,
+                        f"forbidden: reading {uri} needs the scope {needed.value!r}, which agent {agent.name!r} "
+                        f"does not have (its scopes: {', '.join(agent.scopes) or 'none'}); an admin can grant it "
+                        "with update_agent",
+                    )
         token = self.current.set(agent)
         try:
             return await call_next(ctx)

@@ -20,6 +20,8 @@ from pydantic import BaseModel
 
 from pao_orchestrator.engine import Agent, Engine, Run, RunStep
 from pao_orchestrator.errors import InvalidArgument, NotFound, PaoError
+from pao_orchestrator.server.auth import resource_scope
+from pao_orchestrator.vocabulary import Scope
 
 JSON = "application/json"
 TASK_URI = "pao://tasks/{task_id}"
@@ -141,7 +143,11 @@ def register_resources(
 async def list_resources_page(
     engine: Engine, caller: Agent, cursor: str | None, fixed: list[Resource]
 ) -> ListResourcesResult:
-    """One page of `resources/list`: the fixed resources first, then tasks newest first."""
+    """One page of `resources/list`: the fixed resources first, then tasks newest first (for an agent
+    that may read tasks); each only for an agent that may read it."""
+    fixed = [r for r in fixed if (needed := resource_scope(str(r.uri))) is None or caller.can(needed)]
+    if not caller.can(Scope.TASKS_READ):
+        return ListResourcesResult(resources=fixed if cursor is None else [], next_cursor=None)
     try:
         tasks, next_cursor = await engine.list_tasks(caller, limit=LIST_PAGE, cursor=cursor)
     except PaoError as exc:

@@ -44,13 +44,16 @@ async def _call(what: str, fn: Callable[[], Any]) -> Any:
         raise StoreUnavailable(f"Redis {what} failed: {exc}") from exc
 
 
-async def append(client: aioredis.Redis, stream: str, entries: Sequence[Fields]) -> list[str]:
-    """XADD every entry, in order, in one round trip; returns their ids."""
+async def append(
+    client: aioredis.Redis, stream: str, entries: Sequence[Fields], *, maxlen: int | None = None
+) -> list[str]:
+    """XADD every entry, in order, in one round trip; returns their ids. With `maxlen`, the stream is
+    trimmed to about that many entries as it grows (MAXLEN ~: Redis trims whole nodes, cheaply)."""
 
     async def run() -> list[str]:
         async with client.pipeline(transaction=False) as pipe:
             for fields in entries:
-                pipe.xadd(stream, fields)  # type: ignore[arg-type]
+                pipe.xadd(stream, fields, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
             return list(await pipe.execute())
 
     return await _call("XADD", run)  # type: ignore[no-any-return]

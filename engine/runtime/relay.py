@@ -85,12 +85,21 @@ class Relay(_Loop):
     """Appends stored events to the outgoing stream, oldest first, through the outbox."""
 
     def __init__(
-        self, db: asyncpg.Pool, *, redis_url: str, stream: str, dsn: str, batch: int = 500, poll: float = 1.0
+        self,
+        db: asyncpg.Pool,
+        *,
+        redis_url: str,
+        stream: str,
+        dsn: str,
+        maxlen: int | None = None,
+        batch: int = 500,
+        poll: float = 1.0,
     ) -> None:
         super().__init__()
         self._db = db
         self._url = redis_url
         self._stream = stream
+        self._maxlen = maxlen or None  # 0: never trimmed
         self._batch = batch
         self._poll = poll
         self._listener = Listener(dsn, [EVENTS_CHANNEL], lambda _c, _p: self._wake.set(), wake=self._wake.set)
@@ -114,7 +123,7 @@ class Relay(_Loop):
             if not entries:
                 return 0
             # Committed only once Redis has them: if XADD fails, the rollback puts them back.
-            await streams.append(client, self._stream, [entry_fields(e) for e in entries])
+            await streams.append(client, self._stream, [entry_fields(e) for e in entries], maxlen=self._maxlen)
         return len(entries)
 
     async def run(self) -> None:

@@ -250,6 +250,47 @@ async def test_another_agents_resources_and_subscriptions_are_not_found(
                         pass
 
 
+@pytest.mark.filterwarnings("ignore:resources/subscribe is removed")
+async def test_resources_need_the_scopes_of_the_tools_that_read_the_same(
+    database_url: str, mcp_config: Path, tmp_path: Path
+) -> None:
+    """An agent reads, lists and follows only the resources its scopes let it read through the tools: its
+    own task without tasks:read is refused naming the scope (and audited), on both subscription paths."""
+    from mcp.shared.exceptions import MCPError
+
+    async with engine_on(database_url, mcp_config, tmp_path) as engine:
+        publisher, _ = await agent(engine, "publisher", ["events:publish", "runs:write", "tasks:write"])
+        own = await engine.create_task(publisher, task_args(NOOP))
+        run = await engine.run_now(publisher, own.task.id)
+        await wait_run(engine, run.id)
+        event = await engine.publish_event(publisher, topic="p.q", data={}, dedupe_key=None, source=None)
+        for mode in ("2026-07-28", "legacy"):
+            async with Client(create_server(engine, caller=publisher), mode=mode) as client:
+                for uri, scope in (
+                    (f"pao://tasks/{own.task.id}", "tasks:read"),
+                    (f"pao://runs/{run.id}", "runs:read"),
+                    ("pao://downstream", "tasks:read"),
+                ):
+                    with pytest.raises(MCPError) as read:
+                        await client.read_resource(uri)
+                    assert f"needs the scope '{scope}'" in str(read.value), read.value
+                    with pytest.raises(MCPError) as followed:
+                        if mode == "legacy":
+                            await client.subscribe_resource(uri)
+                        else:
+                            async with client.listen(resource_subscriptions=[uri]):
+                                pass
+                    assert f"needs the scope '{scope}'" in str(followed.value), followed.value
+                readable = json.loads((await client.read_resource(f"pao://events/{event.event_id}")).contents[0].text)  # type: ignore[union-attr]
+                assert readable["id"] == event.event_id
+                assert json.loads((await client.read_resource("pao://health")).contents[0].text)  # type: ignore[union-attr]
+                listed = [str(r.uri) for r in (await client.list_resources()).resources]
+                assert listed == ["pao://health"], listed
+        denied, _ = await engine.list_audit(engine.owner, agent_id=publisher.id, action="resources/read")
+        assert {e.target_id for e in denied} >= {f"pao://tasks/{own.task.id}", "pao://downstream"}
+        assert all(e.outcome == "denied" for e in denied)
+
+
 async def test_another_agents_events_are_not_found_and_not_listed(
     database_url: str, mcp_config: Path, tmp_path: Path
 ) -> None:

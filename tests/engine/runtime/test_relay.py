@@ -240,3 +240,23 @@ async def test_an_engine_with_redis_url_bridges_both_ways(
         assert [c["name"] for c in await redis.xinfo_consumers(inbox, CONSUMER_GROUP)] == [engine.worker.name]  # type: ignore[union-attr]
     # Stopped with nothing pending, its consumer left the group: restarts do not pile them up.
     assert await redis.xinfo_consumers(inbox, CONSUMER_GROUP) == []
+
+
+async def test_the_outgoing_stream_is_trimmed_to_about_its_maxlen(
+    database_url: str, mcp_config: Path, tmp_path: Path, redis_url: str, redis: aioredis.Redis
+) -> None:
+    stream = unique_stream(redis, "trim")
+    async with engine_on(database_url, mcp_config, tmp_path, run_worker=False) as engine:
+        relay = Relay(engine.db, redis_url=redis_url, stream=stream, dsn=database_url, maxlen=100, batch=500)
+        await relay.register()
+        for i in range(3_000):
+            await engine.publish_event(engine.owner, topic="t.n", data={"i": i}, dedupe_key=None, source=None)
+        async with streams.connect(redis_url) as client:
+            relayed = 0
+            while (done := await relay.relay_once(client)) > 0:
+                relayed += done
+    assert relayed == 3_000
+    # MAXLEN ~ trims whole radix-tree nodes (100 entries each by default): about 100, never thousands.
+    assert 100 <= await redis.xlen(stream) < 300
+    newest = await redis.xrevrange(stream, count=1)
+    assert '"i": 2999' in newest[0][1]["data"] or '"i":2999' in newest[0][1]["data"]
