@@ -61,6 +61,7 @@ class ClaimedRun(Record):
     scheduled_for: datetime
     cancel_requested: bool
     resume: bool  # it ran before (a retry, a takeover, a release): finished steps are reused
+    failing: str | None  # its last attempt died with its worker: run only on_failure, with this error
     task_payload: dict[str, Any]
     task_updated_at: datetime
     task_title: str
@@ -296,24 +297,36 @@ async def renew_lease(conn: asyncpg.Connection, run_id: UUID, worker: str, lease
     return value  # type: ignore[no-any-return]
 
 
-async def requeue_expired(conn: asyncpg.Connection) -> list[tuple[UUID, RunStatus]]:
+@dataclass(frozen=True)
+class Reaped:
+    """A run whose worker stopped heartbeating, as the sweep left it: re-queued, queued to run its
+    on_failure steps (`owes_on_failure`), or failed."""
+
+    id: UUID
+    task_id: UUID
+    status: RunStatus
+    owes_on_failure: bool
+
+
+async def requeue_expired(conn: asyncpg.Connection) -> list[Reaped]:
     """Re-queue (or fail, past max_attempts) the runs whose worker stopped heartbeating, and close the
     steps their dead attempts left running (`abandoned`, saying why)."""
     async with conn.transaction():
         rows = await conn.fetch(sql("requeue_expired_leases"))
         abandoned = []
         for r in rows:
-            then = (
-                f"the run was re-queued as attempt {r['attempt']}"
-                if r["status"] == RunStatus.QUEUED
-                else "no attempts were left, so the run failed"
-            )
+            if r["owes_on_failure"]:
+                then = "no attempts were left, so the run is queued to run its on_failure steps and then fails"
+            elif r["status"] == RunStatus.QUEUED:
+                then = f"the run was re-queued as attempt {r['attempt']}"
+            else:
+                then = "no attempts were left, so the run failed"
             reason = (
                 f"worker {r['dead_worker'] or '?'} stopped heartbeating (its lease expired) while this step ran; {then}"
             )
             abandoned.append(AbandonedStep(r["id"], r["dead_attempt"], reason))
         await abandon(conn, abandoned)
-    return [(r["id"], RunStatus(r["status"])) for r in rows]
+    return [Reaped(r["id"], r["task_id"], RunStatus(r["status"]), r["owes_on_failure"]) for r in rows]
 
 
 async def release(conn: asyncpg.Connection, worker: str, run_ids: list[UUID]) -> list[UUID]:

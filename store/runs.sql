@@ -121,7 +121,7 @@ FROM picked, tasks t
 WHERE r.id = picked.id AND t.id = r.task_id
 -- The task's pipeline and retry policy come back with the run: no second round trip per run.
 RETURNING r.id, r.task_id, r.attempt, r.max_attempts, r.trigger, r.trigger_data, r.scheduled_for,
-          r.cancel_requested, picked.resume, t.payload AS task_payload, t.updated_at AS task_updated_at,
+          r.cancel_requested, picked.resume, r.failing, t.payload AS task_payload, t.updated_at AS task_updated_at,
           t.title AS task_title, t.backoff_strategy, t.backoff_base_seconds, t.backoff_max_seconds;
 
 -- name: next_queued_due_in
@@ -156,31 +156,44 @@ RETURNING cancel_requested;
 
 -- name: requeue_expired_leases
 -- Runs whose worker stopped heartbeating go back to the queue as a new attempt;
--- past max_attempts they fail instead of looping on a run that kills its worker.
+-- past max_attempts they fail instead of looping on a run that kills its worker, except that a
+-- task with on_failure steps gets them run first: the run is queued once more with `failing` set
+-- (what ended it), and fails after them; if that attempt dies too, it fails without them.
 -- SKIP LOCKED: a locked run is being written by its (live) worker, so its lease is not lost.
 -- Returns the dead attempt and its worker, whose running steps the caller then closes; re-queued
 -- runs wake the workers (delivered on commit).
 WITH expired AS (
-    SELECT id, attempt, lease_owner FROM runs
-    WHERE status = 'running' AND lease_expires_at < now()
-    ORDER BY id
-    FOR UPDATE SKIP LOCKED
+    SELECT r.id, r.attempt, r.lease_owner, r.attempt >= r.max_attempts AS spent,
+           r.failing IS NULL AND jsonb_typeof(t.payload -> 'on_failure') = 'array'
+               AND jsonb_array_length(t.payload -> 'on_failure') > 0 AS owes_on_failure,
+           'worker ' || coalesce(r.lease_owner, '?') || ' stopped while running this run' AS died
+    FROM runs r JOIN tasks t ON t.id = r.task_id
+    WHERE r.status = 'running' AND r.lease_expires_at < now()
+    ORDER BY r.id
+    FOR UPDATE OF r SKIP LOCKED
 ), requeued AS (
 UPDATE runs r
-SET status = CASE WHEN r.attempt >= r.max_attempts THEN 'failed' ELSE 'queued' END,
-    attempt = CASE WHEN r.attempt >= r.max_attempts THEN r.attempt ELSE r.attempt + 1 END,
-    error = CASE WHEN r.attempt >= r.max_attempts
-                 THEN 'worker ' || coalesce(r.lease_owner, '?') || ' stopped while running this run, and no attempts are left'
-                 ELSE r.error END,
-    reason = 'lease of worker ' || coalesce(r.lease_owner, '?') || ' expired; re-queued',
-    finished_at = CASE WHEN r.attempt >= r.max_attempts THEN now() END,
+SET status = CASE WHEN e.spent AND NOT e.owes_on_failure THEN 'failed' ELSE 'queued' END,
+    attempt = CASE WHEN e.spent THEN r.attempt ELSE r.attempt + 1 END,
+    failing = CASE WHEN e.spent AND e.owes_on_failure THEN e.died || ', and no attempts are left' ELSE r.failing END,
+    error = CASE WHEN NOT e.spent THEN r.error
+                 WHEN r.failing IS NOT NULL THEN r.failing || '; ' || e.died || ' while its on_failure steps ran'
+                 ELSE e.died || ', and no attempts are left' END,
+    reason = CASE WHEN NOT e.spent THEN 'lease of worker ' || coalesce(r.lease_owner, '?') || ' expired; re-queued'
+                  WHEN e.owes_on_failure
+                      THEN 'lease of worker ' || coalesce(r.lease_owner, '?') || ' expired with no attempts left; '
+                           || 'queued to run its on_failure steps, then it fails'
+                  WHEN r.failing IS NOT NULL THEN 'failed: its on_failure steps did not finish'
+                  ELSE 'lease of worker ' || coalesce(r.lease_owner, '?') || ' expired; no attempts left' END,
+    finished_at = CASE WHEN e.spent AND NOT e.owes_on_failure THEN now() END,
     available_at = now(),
     lease_owner = NULL,
     lease_expires_at = NULL,
     updated_at = now()
-FROM expired
-WHERE r.id = expired.id
-RETURNING r.id, r.status, r.attempt, expired.attempt AS dead_attempt, expired.lease_owner AS dead_worker
+FROM expired e
+WHERE r.id = e.id
+RETURNING r.id, r.task_id, r.status, r.attempt, e.attempt AS dead_attempt, e.lease_owner AS dead_worker,
+          r.failing IS NOT NULL AND r.status = 'queued' AS owes_on_failure
 ), wake AS (
     SELECT pg_notify(:RUNS_CHANNEL, '') WHERE EXISTS (SELECT 1 FROM requeued WHERE status = 'queued')
 )

@@ -214,6 +214,8 @@ class Executor:
         outputs_by_step: dict[str, Any] = {}
         saved: dict[str, Any] = {}
         last_record: StepRecord | None = None
+        if run.failing is not None:
+            return await self._fail_after_death(handle, payload, done, secrets, run.failing)
         for index, step in enumerate(pipeline):
             if handle.cancel.is_set():
                 await self._finish(
@@ -543,13 +545,53 @@ class Executor:
         await self._after_failure(run)
         return Outcome.FAILED
 
-    async def _on_failure(self, handle: RunHandle, error: str, secrets: templating.Secrets, progress: _Progress) -> str:
+    async def _fail_after_death(
+        self,
+        handle: RunHandle,
+        payload: Payload,
+        done: dict[int, step_store.PreviousOutput],
+        secrets: templating.Secrets,
+        error: str,
+    ) -> Outcome:
+        """The last attempt died with its worker: run only the task's on_failure steps (they see the
+        outputs the dead attempts recorded), then fail the run with the error that ended it."""
+        progress = _Progress(payload, {}, {})
+        for index, step in enumerate(payload.pipeline):
+            if index in done:
+                try:
+                    output = self._reuse(step, done[index], secrets)
+                except StepError:
+                    continue  # a secret since unset: that output is not offered to on_failure
+                progress.outputs[step.id] = output
+                if step.save_as:
+                    progress.saved[step.save_as] = output
+        reason = "failed: its worker stopped on the last attempt" + await self._on_failure(
+            handle, error, secrets, progress, done=done
+        )
+        await self._finish(handle, RunStatus.FAILED, error, None, reason=reason)
+        await self._after_failure(handle.run)
+        return Outcome.FAILED
+
+    async def _on_failure(
+        self,
+        handle: RunHandle,
+        error: str,
+        secrets: templating.Secrets,
+        progress: _Progress,
+        *,
+        done: Mapping[int, step_store.PreviousOutput] | None = None,
+    ) -> str:
         """Run the task's on_failure steps, once each, in order, with ${run.error} set; one that fails is
-        recorded and the next still runs. Returns what to add to the run's reason."""
+        recorded and the next still runs (`done`: those a dead attempt finished, not run again). Returns
+        what to add to the run's reason."""
         steps = progress.payload.on_failure
         first = len(progress.payload.pipeline)
         failed: list[str] = []
         for offset, step in enumerate(steps):
+            if done is not None and first + offset in done:
+                with contextlib.suppress(StepError):
+                    progress.outputs[step.id] = self._reuse(step, done[first + offset], secrets)
+                continue
             await self._check_lease(handle)
             try:
                 output, _ = await self._run_step(

@@ -94,6 +94,48 @@ async def test_kill_9_mid_run_another_worker_takes_over_after_the_lease(
     ]
 
 
+async def test_kill_9_on_the_last_attempt_still_runs_on_failure_once(
+    database_url: str, fx_config: Path, tmp_path: Path, workers: list[subprocess.Popen[bytes]]
+) -> None:
+    first, alerts = tmp_path / "first", tmp_path / "alerts"
+    async with engine_on(database_url, fx_config, tmp_path, run_worker=False) as engine:
+        created = await engine.create_task(
+            engine.owner,
+            {
+                "title": "dies on its only attempt",
+                "schedule_kind": "once",
+                "schedule_expr": "2099-01-01T00:00:00Z",
+                "max_retries": 0,
+                "payload": {
+                    "pipeline": [
+                        {"id": "first", "uses": "fx.count", "with": {"path": str(first)}},
+                        {"id": "wait", "uses": "fx.sleep", "with": {"seconds": 30}},
+                    ],
+                    "on_failure": [{"id": "alert", "uses": "fx.count", "with": {"path": str(alerts)}}],
+                },
+            },
+        )
+        workers.append(start_worker(database_url, fx_config, tmp_path, "w1"))
+        run_id = (await engine.run_now(engine.owner, created.task.id)).id
+        async with asyncio.timeout(30):
+            while ("wait", "running") not in {
+                (s.step_id, s.status) for s in (await engine.get_run(engine.owner, run_id)).steps
+            }:
+                await asyncio.sleep(0.05)
+        workers[0].send_signal(signal.SIGKILL)
+        workers[0].wait(timeout=10)
+        workers.append(start_worker(database_url, fx_config, tmp_path, "w2"))
+        run = await wait_run(engine, run_id, timeout=60)
+    assert run.status == "failed"
+    assert run.error is not None and "stopped while running this run, and no attempts are left" in run.error
+    assert (calls(first), calls(alerts)) == (1, 1)  # the pipeline is not re-run; on_failure runs once
+    assert {(s.step_id, s.status) for s in run.steps} == {
+        ("first", "succeeded"),
+        ("wait", "abandoned"),
+        ("alert", "succeeded"),
+    }
+
+
 async def test_sigterm_lets_the_running_step_finish_then_exits(
     database_url: str, fx_config: Path, tmp_path: Path, workers: list[subprocess.Popen[bytes]]
 ) -> None:

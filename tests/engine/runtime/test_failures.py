@@ -187,3 +187,104 @@ async def test_pause_after_failures_pauses_after_n_in_a_row_and_resume_clears_it
         manual = await engine.pause_task(engine.owner, healthy)
     assert manual.task.paused_reason == f"paused by {engine.owner.name} (pause_task)"
     assert manual.task.paused_at is not None
+
+
+async def died_on_its_last_attempt(engine: Engine, task_id: UUID, *, failing: str | None = None) -> UUID:
+    """A run whose worker died on its last attempt: running, its lease expired, no attempts left, the
+    first step done and the second left running."""
+    run = await engine.run_now(engine.owner, task_id)
+    async with engine.db.acquire() as conn:
+        await conn.execute(
+            """UPDATE runs SET status = 'running', lease_owner = 'gone-1', started_at = now(),
+                   lease_expires_at = now() - interval '1 s', attempt = max_attempts, failing = $2
+               WHERE id = $1""",
+            run.id,
+            failing,
+        )
+        await conn.execute(
+            """INSERT INTO run_steps (run_id, attempt, step_index, step_id, uses, status, input, output)
+               SELECT $1, attempt, 0, 'fetch', 'pao.noop', 'succeeded', '{}'::jsonb, '{"got": 42}'::jsonb
+               FROM runs WHERE id = $1
+               UNION ALL
+               SELECT $1, attempt, 1, 'send', 'pao.sleep', 'running', '{}'::jsonb, NULL FROM runs WHERE id = $1""",
+            run.id,
+        )
+    return run.id
+
+
+async def test_a_run_whose_worker_died_on_its_last_attempt_still_runs_on_failure(
+    database_url: str, fx_config: Path, tmp_path: Path
+) -> None:
+    async with engine_on(database_url, fx_config, tmp_path, run_worker=False) as engine:
+        task_id = await engine_create(
+            engine,
+            {
+                "pipeline": [
+                    {"id": "fetch", "uses": "pao.noop", "with": {"got": 42}},
+                    {"id": "send", "uses": "pao.sleep", "with": {"seconds": 60}},
+                ],
+                "on_failure": [
+                    {"id": "alert", "uses": "pao.noop", "with": {"why": "${run.error}", "got": "${steps.fetch.got}"}}
+                ],
+            },
+            max_retries=1,
+        )
+        run_id = await died_on_its_last_attempt(engine, task_id)
+    async with engine_on(database_url, fx_config, tmp_path) as engine:
+        run = await wait_run(engine, run_id, timeout=30)
+    assert run.status == "failed"
+    assert run.attempt == 2  # no attempt was spent on the on_failure steps
+    assert run.error == "worker gone-1 stopped while running this run, and no attempts are left"
+    assert "on_failure: 1 step(s) ran" in (run.reason or "")
+    steps = {(s.step_id, s.status) for s in run.steps}
+    assert ("send", "abandoned") in steps and ("alert", "succeeded") in steps
+    alert = next(s for s in run.steps if s.step_id == "alert")
+    assert alert.input == {"why": run.error, "got": 42}  # the dead attempt's outputs are offered to on_failure
+
+
+async def test_a_run_that_died_again_in_its_on_failure_steps_fails_without_looping(
+    database_url: str, fx_config: Path, tmp_path: Path
+) -> None:
+    async with engine_on(database_url, fx_config, tmp_path, run_worker=False) as engine:
+        task_id = await engine_create(
+            engine,
+            {
+                "pipeline": [
+                    {"id": "fetch", "uses": "pao.noop", "with": {}},
+                    {"id": "send", "uses": "pao.sleep", "with": {"seconds": 1}},
+                ],
+                "on_failure": [{"id": "alert", "uses": "pao.noop", "with": {}}],
+            },
+            max_retries=0,
+        )
+        run_id = await died_on_its_last_attempt(engine, task_id, failing="worker gone-0 stopped while running this run")
+    async with engine_on(database_url, fx_config, tmp_path) as engine:
+        run = await wait_run(engine, run_id, timeout=30)
+    assert run.status == "failed"
+    assert run.error == (
+        "worker gone-0 stopped while running this run; worker gone-1 stopped while running this run while its "
+        "on_failure steps ran"
+    )
+    assert "did not finish" in (run.reason or "")
+    assert "alert" not in {s.step_id for s in run.steps}
+
+
+async def test_a_run_failed_by_its_dead_worker_counts_toward_pause_after_failures(
+    database_url: str, fx_config: Path, tmp_path: Path
+) -> None:
+    async with engine_on(database_url, fx_config, tmp_path, run_worker=False) as engine:
+        task_id = await create(
+            engine,
+            [
+                {"id": "fetch", "uses": "pao.noop", "with": {}},
+                {"id": "send", "uses": "pao.sleep", "with": {"seconds": 1}},
+            ],
+            max_retries=0,
+            pause_after_failures=1,
+        )
+        run_id = await died_on_its_last_attempt(engine, task_id)
+    async with engine_on(database_url, fx_config, tmp_path) as engine:
+        run = await wait_run(engine, run_id, timeout=30)
+        assert run.status == "failed" and "no attempts left" in (run.reason or "")
+        task = await paused_soon(engine, task_id)
+    assert "1 consecutive failed run" in (task.paused_reason or "")
