@@ -68,6 +68,9 @@ async def _pao_round(url: str, jobs: int, workers: int, concurrency: int) -> flo
         "PAO_MCP_CONFIG": str(data_dir / "none.json"),
         "PAO_LOG_LEVEL": "WARNING",
     }
+    # The engine's own drain, as the fan-out figure measures it: with REDIS_URL set every run's end is
+    # also mirrored to the Redis stream (the bridge's own figure is in bench/events.py).
+    env.pop("REDIS_URL", None)
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "pao_orchestrator.server.cli", "worker", "--concurrency", str(concurrency)],
