@@ -83,7 +83,7 @@ def render_key(template: str | None, context: dict[str, Any], field: str) -> str
     if value is None:
         return None
     text = str(value)
-    problem = storable.problem(text, MAX_KEY_LENGTH)
+    problem = storable.problem(text, MAX_KEY_LENGTH, limit_name=None)
     if problem is not None:
         raise TemplateError(f"{field}: {template!r} rendered a key that {problem}")
     return text

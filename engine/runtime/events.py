@@ -101,9 +101,9 @@ def check_event(
     check_topic(topic)
     if not isinstance(data, Mapping):
         raise InvalidArgument("data", f"must be a JSON object, got {type(data).__name__}")
-    problem = storable.problem(dict(data), limits.max_data_bytes)
+    problem = storable.problem(dict(data), limits.max_data_bytes, limit_name="PAO_MAX_EVENT_BYTES")
     if problem is not None:
-        raise InvalidArgument("data", f"{problem} (PAO_MAX_EVENT_BYTES={limits.max_data_bytes})")
+        raise InvalidArgument("data", problem)
     if not isinstance(source, str) or not source or len(source) > MAX_SOURCE_LENGTH:
         raise InvalidArgument(source_field, f"must be text of 1..{MAX_SOURCE_LENGTH} characters")
     if storable.problem(source, MAX_SOURCE_LENGTH + 2) is not None:

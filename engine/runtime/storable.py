@@ -29,8 +29,9 @@ def _where(path: list[str | int]) -> str:
     return text or "(the whole value)"
 
 
-def problem(value: Any, limit: int) -> str | None:
-    """Why `value` cannot be stored as jsonb (naming where in it), or None when it can.
+def problem(value: Any, limit: int, *, limit_name: str | None = "PAO_MAX_VALUE_BYTES") -> str | None:
+    """Why `value` cannot be stored as jsonb (naming where in it), or None when it can. `limit_name`:
+    the setting that sets `limit`, named in the answer (None for a fixed limit).
 
     Walks the value once and stops as soon as it knows: at the first problem, or once the size
     passes `limit`, so a huge value costs no more than a value of `limit` characters.
@@ -72,7 +73,8 @@ def problem(value: Any, limit: int) -> str | None:
         else:
             return f"holds a {type(item).__name__} at {_where(path)}, which is not a JSON value"
         if left < 0:
-            return f"is larger than {limit:,} characters of JSON (the limit, PAO_MAX_VALUE_BYTES)"
+            setting = f", {limit_name}" if limit_name else ""
+            return f"is larger than {limit:,} characters of JSON (the limit{setting})"
     return None
 
 

@@ -146,7 +146,7 @@ async def test_filters_and_keys_are_checked_when_saved(database_url: str, mcp_co
         ("a..b", {}, "is not a topic"),
         ("home.*", {}, "no wildcards"),
         ("run.succeeded", {}, "published by pao when runs end"),
-        ("ok", {"x": "y" * 70_000}, "PAO_MAX_EVENT_BYTES=65536"),
+        ("ok", {"x": "y" * 70_000}, "data: is larger than 65,536 characters of JSON (the limit, PAO_MAX_EVENT_BYTES)"),
         ("ok", {"x": "a\x00b"}, "data: "),
         ("ok", {"x": float("nan")}, "data: "),
     ],
