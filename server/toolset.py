@@ -16,7 +16,7 @@ import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.exceptions import ResourceError, ToolError, UnexpectedToolError
 from mcp.server.mcpserver.tools import Tool
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import ValidationError
@@ -121,7 +121,17 @@ class StrictTool(Tool):
             self.fn_metadata.validate_arguments(arguments)
         except ValidationError as exc:
             raise ToolError(plain_errors(exc)) from exc
-        result = await super().run(arguments, context, convert_result=convert_result)
+        try:
+            result = await super().run(arguments, context, convert_result=convert_result)
+        except UnexpectedToolError:
+            raise  # a crash: the SDK's "Error executing tool <name>", its text kept on the server
+        except ToolError as exc:
+            # The SDK prefixes a deliberate error with "Error executing tool <name>: "; pao's (not found,
+            # conflict, a bad argument) are already sentences an agent can act on, said as plainly as the
+            # argument errors above.
+            if isinstance(exc.__cause__, ToolError | ResourceError):
+                raise ToolError(str(exc.__cause__)) from exc.__cause__
+            raise
         if isinstance(result, CallToolResult) and result.structured_content is not None and not result.is_error:
             text = json.dumps(result.structured_content, separators=(",", ":"), ensure_ascii=False)
             return result.model_copy(update={"content": [TextContent(type="text", text=text)]})

@@ -94,6 +94,8 @@ async def test_bad_arguments_name_the_field_and_how_to_fix_it(
         assert "payload.pipeline[0].with" in text and "later" in text
         text = await error_text(client, "get_task", {"task_id": "00000000-0000-0000-0000-000000000000"})
         assert "does not exist" in text and "list_tasks" in text
+        # Said as plainly as an argument error: no "Error executing tool get_task:" in front.
+        assert text.startswith("task 00000000-0000-0000-0000-000000000000 does not exist"), text
         listed = await client.call_tool("list_tasks", {})
     assert listed.structured_content == {"tasks": [], "next_cursor": None}
 
