@@ -39,12 +39,12 @@ from pao_orchestrator.engine.runtime.builtins import BUILTINS, call_builtin
 from pao_orchestrator.engine.runtime.completions import Completions
 from pao_orchestrator.engine.runtime.enqueuing import trigger_view
 from pao_orchestrator.engine.runtime.events import EventLimits, NewEvent, check_event, publish
-from pao_orchestrator.engine.runtime.failures import pause_if_failing
+from pao_orchestrator.engine.runtime.failures import after_failure
 from pao_orchestrator.engine.runtime.pipeline import Payload, PipelineStep
 from pao_orchestrator.engine.runtime.renderer import Renderer
 from pao_orchestrator.errors import InvalidArgument, StepError
 from pao_orchestrator.metrics import Metrics
-from pao_orchestrator.store import DATABASE_ERRORS, ClaimedRun, Completion, StepRecord
+from pao_orchestrator.store import ClaimedRun, Completion, StepRecord
 from pao_orchestrator.store import runs as run_store
 from pao_orchestrator.store import steps as step_store
 from pao_orchestrator.vocabulary import Outcome, RunStatus, StepStatus
@@ -542,7 +542,7 @@ class Executor:
         if progress.payload.on_failure:
             reason += await self._on_failure(handle, message, secrets, progress)
         await self._finish(handle, RunStatus.FAILED, message, None, reason=reason)
-        await self._after_failure(run)
+        await after_failure(self._db, run.task_id)
         return Outcome.FAILED
 
     async def _fail_after_death(
@@ -569,7 +569,7 @@ class Executor:
             handle, error, secrets, progress, done=done
         )
         await self._finish(handle, RunStatus.FAILED, error, None, reason=reason)
-        await self._after_failure(handle.run)
+        await after_failure(self._db, handle.run.task_id)
         return Outcome.FAILED
 
     async def _on_failure(
@@ -618,16 +618,6 @@ class Executor:
         if failed:
             return f"; on_failure: {len(failed)} of {len(steps)} step(s) failed ({', '.join(failed)})"
         return f"; on_failure: {len(steps)} step(s) ran"
-
-    async def _after_failure(self, run: ClaimedRun) -> None:
-        """A run failed for good: pause its task if that makes pause_after_failures in a row. Its own
-        transaction after the run's end is recorded; should it not happen (a crash in between), the next
-        failure counts the same runs and pauses the task then."""
-        try:
-            async with self._db.acquire() as conn:
-                await pause_if_failing(conn, run.task_id)
-        except DATABASE_ERRORS as exc:
-            log.warning("task %s: could not check its consecutive failures (%s)", run.task_id, exc)
 
     async def _finish(
         self,

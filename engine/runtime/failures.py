@@ -12,6 +12,7 @@ from uuid import UUID
 
 import asyncpg
 
+from pao_orchestrator.store import DATABASE_ERRORS
 from pao_orchestrator.store import audit as audit_store
 from pao_orchestrator.store import runs as run_store
 from pao_orchestrator.store import tasks as task_store
@@ -57,3 +58,15 @@ async def pause_if_failing(conn: asyncpg.Connection, task_id: UUID) -> bool:
         await task_store.notify_changed(conn, task_id)
     log.warning("task %s: %s", task_id, reason)
     return True
+
+
+async def after_failure(db: asyncpg.Pool, task_id: UUID) -> None:
+    """A run of the task failed for good (in a worker, or by the lease sweep): pause the task if that
+    makes pause_after_failures in a row. Its own transaction after the run's end is recorded; should it
+    not happen (a crash in between, the database away), the next failure counts the same runs and
+    pauses the task then."""
+    try:
+        async with db.acquire() as conn:
+            await pause_if_failing(conn, task_id)
+    except DATABASE_ERRORS as exc:
+        log.warning("task %s: could not check its consecutive failures (%s)", task_id, exc)

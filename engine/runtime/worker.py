@@ -23,7 +23,7 @@ import asyncpg
 from pao_orchestrator import logs
 from pao_orchestrator.contracts import CANCEL_CHANNEL, RUNS_CHANNEL
 from pao_orchestrator.engine.runtime.executor import Executor, RunHandle, lease_clock
-from pao_orchestrator.engine.runtime.failures import pause_if_failing
+from pao_orchestrator.engine.runtime.failures import after_failure
 from pao_orchestrator.metrics import Metrics
 from pao_orchestrator.store import DATABASE_ERRORS, Listener
 from pao_orchestrator.store import runs as run_store
@@ -190,11 +190,7 @@ class Worker:
             log.warning("run %s: lease expired; now %s", reaped.id, then)
         # A run failed for good here counts toward pause_after_failures as any failure does.
         for task_id in {r.task_id for r in rows if r.status == RunStatus.FAILED}:
-            try:
-                async with self._db.acquire() as conn:
-                    await pause_if_failing(conn, task_id)
-            except DATABASE_ERRORS as exc:
-                log.warning("task %s: could not check its consecutive failures (%s)", task_id, exc)
+            await after_failure(self._db, task_id)
 
     async def _heartbeat(self) -> None:
         while True:
