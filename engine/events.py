@@ -61,7 +61,8 @@ async def publish_event(
     source: str | None,
     limits: EventLimits,
 ) -> PublishedEvent:
-    """Store the event, start its runs and audit it, in one transaction."""
+    """Store the event, start its runs and audit it, atomically (runtime.publish: one statement in the
+    common case)."""
     source = source if source is not None else f"agent:{caller.name}"
     check_event(topic, data, source, dedupe_key, limits=limits)
     new = NewEvent(topic=topic, data=dict(data), source=source, dedupe_key=dedupe_key, published_by=caller.id)

@@ -165,6 +165,19 @@ async def store(
     """The second: store `event` (prepared) with the runs of `batch` and its audit entry, in one
     statement; returns the runs inserted (none for a task no longer active). `runs_after`: runs the
     caller starts after this in the same transaction, counted in the audit entry's details."""
+    audited = (
+        (None, None, None, None, None, {}, None)  # $19 (action) NULL: no entry
+        if audit is None
+        else (
+            audit.agent_id,
+            audit.agent_name,
+            audit.action,
+            audit.target_type,
+            audit.target_id,
+            audit.details,
+            audit.request_id,
+        )
+    )
     rows = await conn.fetch(
         sql("store_event"),
         event.id,
@@ -183,12 +196,7 @@ async def store(
         batch.concurrency_key,
         batch.error,
         batch.created_by,
-        *(
-            (audit.agent_id, audit.agent_name, audit.action, audit.target_type, audit.target_id, audit.details)
-            if audit is not None
-            else (None, None, None, None, None, {})
-        ),
-        audit.request_id if audit is not None else None,
+        *audited,
         runs_after,
     )
     return [EventRun.from_row(r) for r in rows]
