@@ -97,9 +97,10 @@ def missing_scope(agent: Agent, tool: str) -> Scope | None:
     return scope if scope is not None and not agent.can(scope) else None
 
 
-def forbidden_message(agent: Agent, tool: str, scope: Scope) -> str:
+def forbidden_message(agent: Agent, what: str, scope: Scope) -> str:
+    """The refusal of `what` (a tool's name, or "reading <uri>") to an agent without `scope`."""
     return (
-        f"forbidden: {tool} needs the scope {scope.value!r}, which agent {agent.name!r} does not have "
+        f"forbidden: {what} needs the scope {scope.value!r}, which agent {agent.name!r} does not have "
         f"(its scopes: {', '.join(agent.scopes) or 'none'}); an admin can grant it with update_agent"
     )
 
@@ -187,12 +188,7 @@ class CallerMiddleware:
                 needed = resource_scope(uri)
                 if needed is not None and not agent.can(needed):
                     await self._engine.audit_denied(agent, ctx.method, "resource", uri, f"missing scope {needed.value}")
-                    raise MCPError(
-                        INVALID_REQUEST,
-                        f"forbidden: reading {uri} needs the scope {needed.value!r}, which agent {agent.name!r} "
-                        f"does not have (its scopes: {', '.join(agent.scopes) or 'none'}); an admin can grant it "
-                        "with update_agent",
-                    )
+                    raise MCPError(INVALID_REQUEST, forbidden_message(agent, f"reading {uri}", needed))
         token = self.current.set(agent)
         try:
             return await call_next(ctx)

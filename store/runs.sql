@@ -166,7 +166,8 @@ WITH expired AS (
     SELECT r.id, r.attempt, r.lease_owner, r.attempt >= r.max_attempts AS spent,
            r.failing IS NULL AND jsonb_typeof(t.payload -> 'on_failure') = 'array'
                AND jsonb_array_length(t.payload -> 'on_failure') > 0 AS owes_on_failure,
-           'worker ' || coalesce(r.lease_owner, '?') || ' stopped while running this run' AS died
+           'worker ' || coalesce(r.lease_owner, '?') || ' stopped while running this run' AS died,
+           'lease of worker ' || coalesce(r.lease_owner, '?') || ' expired' AS lapsed
     FROM runs r JOIN tasks t ON t.id = r.task_id
     WHERE r.status = 'running' AND r.lease_expires_at < now()
     ORDER BY r.id
@@ -179,12 +180,11 @@ SET status = CASE WHEN e.spent AND NOT e.owes_on_failure THEN 'failed' ELSE 'que
     error = CASE WHEN NOT e.spent THEN r.error
                  WHEN r.failing IS NOT NULL THEN r.failing || '; ' || e.died || ' while its on_failure steps ran'
                  ELSE e.died || ', and no attempts are left' END,
-    reason = CASE WHEN NOT e.spent THEN 'lease of worker ' || coalesce(r.lease_owner, '?') || ' expired; re-queued'
+    reason = CASE WHEN NOT e.spent THEN e.lapsed || '; re-queued'
                   WHEN e.owes_on_failure
-                      THEN 'lease of worker ' || coalesce(r.lease_owner, '?') || ' expired with no attempts left; '
-                           || 'queued to run its on_failure steps, then it fails'
+                      THEN e.lapsed || ' with no attempts left; queued to run its on_failure steps, then it fails'
                   WHEN r.failing IS NOT NULL THEN 'failed: its on_failure steps did not finish'
-                  ELSE 'lease of worker ' || coalesce(r.lease_owner, '?') || ' expired; no attempts left' END,
+                  ELSE e.lapsed || '; no attempts left' END,
     finished_at = CASE WHEN e.spent AND NOT e.owes_on_failure THEN now() END,
     available_at = now(),
     lease_owner = NULL,
